@@ -1,0 +1,200 @@
+"""Models: the ViT/DeiT baseline and CaiT, sharing the layers and blocks of this package.
+
+* :class:`ViT`  -- Dosovitskiy et al. 2021 / DeiT (Touvron et al. 2021): the class token is part of
+  the sequence from the first layer, the position embedding covers class token + patches.
+* :class:`CaiT` -- Touvron et al. 2021 (Sec. 3, Fig. 2): a self-attention stage over patch tokens
+  only (talking heads, LayerScale), then the class token is inserted and a class-attention stage of
+  two layers updates it alone. The class token gets no position embedding.
+
+Both expose ``forward_features`` (normalised tokens), ``forward_head`` and ``forward`` (logits).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .blocks import Block, ClassAttentionBlock, layerscale_init_for_depth
+from .layers import Attention, PatchEmbed, TalkingHeadsAttention
+
+__all__ = ["ViT", "CaiT", "init_weights"]
+
+
+def _trunc_normal_(t: torch.Tensor, std: float = 0.02) -> None:
+    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+def init_weights(module: nn.Module) -> None:
+    """The released code's initialisation: Linear weights ~ truncated normal(0.02), biases 0,
+    LayerNorm weight 1 and bias 0. Conv layers (the patch embedding) keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        _trunc_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class _VisionTransformerBase(nn.Module):
+    """What both models share: input checks, the head, and the parameter groups."""
+
+    patch_embed: PatchEmbed
+    norm: nn.LayerNorm
+    head: nn.Module
+
+    @property
+    def img_size(self) -> int:
+        return self.patch_embed.img_size
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides 1-D tensors (DeiT/CaiT recipe)."""
+        return {"pos_embed", "cls_token"}
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Classify from the (normalised) class token, which is token 0. ``(B, T, dim) -> (B, classes)``."""
+        return self.head(self.head_drop(tokens[:, 0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
+
+    def _finish_init(self) -> None:
+        _trunc_normal_(self.pos_embed)
+        _trunc_normal_(self.cls_token)
+        self.apply(init_weights)
+
+
+class ViT(_VisionTransformerBase):
+    """The ViT/DeiT baseline (class token from the start).
+
+    ``x0 = [cls, patches] + pos_embed`` (pos_embed of shape ``(1, 1 + N, dim)``), then ``depth``
+    :class:`~cait_edu.blocks.Block` s with plain attention, a final LayerNorm, and a linear head on
+    the class token. ``residual_scale``/``init_scale``/``norm`` expose the residual-scaling variants
+    of CaiT Fig. 3 (e.g. ``residual_scale="layerscale"`` gives DeiT + LayerScale, Table 1).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        residual_scale: str = "none",
+        init_scale: float | None = None,
+        norm: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dim = dim
+        self.depth = depth
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        init_scale = layerscale_init_for_depth(depth) if init_scale is None else init_scale
+        self.blocks = nn.ModuleList(
+            Block(
+                dim, num_heads, mlp_ratio, qkv_bias, attn_layer=Attention,
+                residual_scale=residual_scale, init_scale=init_scale, norm=norm,
+                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rate,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._finish_init()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, dim)`` (class token first)."""
+        self.patch_embed.check_input(x)
+        x = self.patch_embed(x)  # (B, N, dim)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
+        x = self.pos_drop(torch.cat((cls, x), dim=1) + self.pos_embed)  # (B, 1 + N, dim)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+class CaiT(_VisionTransformerBase):
+    """Class-Attention in Image Transformers (Touvron et al. 2021, Fig. 2 right).
+
+    1. Patch embedding + position embedding ``(1, N, dim)`` (patches only).
+    2. Self-attention stage: ``depth`` blocks with talking-heads attention and LayerScale
+       (Eq. 4), stochastic depth ``drop_path_rate`` in each (the same rate in every block).
+    3. Class-attention stage: the class token is inserted now and ``depth_token_only`` (2)
+       :class:`~cait_edu.blocks.ClassAttentionBlock` s update it alone; patches stay frozen.
+    4. LayerNorm and a linear head on the class token.
+
+    ``init_scale=None`` applies the paper's rule by depth (:func:`layerscale_init_for_depth`);
+    the released models pass their own value (see :mod:`cait_edu.registry`).
+    ``talking_heads=False`` swaps in plain attention (the ablation of Sec. 4).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dim: int = 384,
+        depth: int = 24,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_scale: float | None = None,
+        depth_token_only: int = 2,
+        residual_scale: str = "layerscale",
+        talking_heads: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dim = dim
+        self.depth = depth
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))  # patches only
+        self.pos_drop = nn.Dropout(drop_rate)
+        init_scale = layerscale_init_for_depth(depth) if init_scale is None else init_scale
+        self.init_scale = init_scale
+        attn_layer = TalkingHeadsAttention if talking_heads else Attention
+        self.blocks = nn.ModuleList(
+            Block(
+                dim, num_heads, mlp_ratio, qkv_bias, attn_layer=attn_layer,
+                residual_scale=residual_scale, init_scale=init_scale,
+                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rate,
+            )
+            for _ in range(depth)
+        )
+        self.blocks_token_only = nn.ModuleList(
+            ClassAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias, residual_scale=residual_scale, init_scale=init_scale)
+            for _ in range(depth_token_only)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head_drop = nn.Identity()  # CaiT applies no dropout before the head
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._finish_init()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, dim)`` (class token first)."""
+        self.patch_embed.check_input(x)
+        x = self.pos_drop(self.patch_embed(x) + self.pos_embed)  # (B, N, dim)
+        for blk in self.blocks:  # self-attention stage: patches only
+            x = blk(x)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim): inserted late
+        for blk in self.blocks_token_only:  # class-attention stage: cls only
+            cls = blk(x, cls)
+        return self.norm(torch.cat((cls, x), dim=1))
