@@ -20,7 +20,9 @@ __all__ = ["ViT", "CaiT", "init_weights"]
 
 
 def _trunc_normal_(t: torch.Tensor, std: float = 0.02) -> None:
-    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+    # As the released code calls it: truncation at +-2 in absolute value (not +-2 std), so for
+    # std 0.02 this is in effect a normal distribution.
+    nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)
 
 
 def init_weights(module: nn.Module) -> None:
