@@ -165,8 +165,16 @@ class TalkingHeadsAttention(_AttentionBase):
 
     @staticmethod
     def _mix_heads(attn: torch.Tensor, mix: nn.Linear) -> torch.Tensor:
-        # (B, h, N, N) -> (B, N, N, h) -> Linear over heads -> back to (B, h, N, N)
-        return mix(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        """Apply ``mix`` (a ``Linear(h, h)``) across the head axis: ``out[:, g] = sum_k W[g, k] attn[:, k] + b[g]``.
+
+        The same maths as ``mix(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)`` (the released code),
+        done as one batched ``(h, h) @ (h, N*N)`` product per sample with the bias added in the same
+        call: no permuted copies, and the result stays contiguous in ``(B, h, N, N)`` for the softmax
+        and for ``attn @ v``. (Several times faster on CPU, forward and backward.)
+        """
+        B, h, N, M = attn.shape
+        out = torch.baddbmm(mix.bias.view(1, h, 1), mix.weight.expand(B, h, h), attn.reshape(B, h, N * M))
+        return out.view(B, h, N, M)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape

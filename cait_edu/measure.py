@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "cait_param_formula"]
@@ -31,7 +32,8 @@ def count_macs(model: nn.Module, img_size: int | None = None, in_chans: int = 3)
     model.eval().requires_grad_(False)
     try:
         x = torch.zeros(1, in_chans, size, size)
-        with FlopCounterMode(display=False) as counter:
+        # FlopCounterMode does not see the fused CPU attention kernel: count the math path instead
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
             model(x)
         flops = counter.get_total_flops()
     finally:

@@ -281,7 +281,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
+def make_config(preset: str | None = None, /, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a preset name (or the defaults) with ``overrides`` applied.
 
     Unknown preset names or field names raise :class:`ConfigError` listing the valid ones.
@@ -798,8 +798,7 @@ class _Run:
                 raise ConfigError(f"{what} images come out of the '{cfg.recipe}' transform as {tuple(t.shape)}, "
                                   f"expected (3, {cfg.img_size}, {cfg.img_size}); recipe 'cifar' does not resize: "
                                   "use recipe=deit or images of size img_size")
-        self.loader = D.make_loader(self.train_ds, self.sampler, num_workers=cfg.num_workers,
-                                    pin_memory=device_type == "cuda")
+        self.seeded_train = D.SeededDataset(self.train_ds)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.num_classes = len(self.classes)
@@ -976,6 +975,19 @@ class _Run:
         self.step += 1
         return loss_value, gnorm_value
 
+    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """This rank's batches of ``epoch``, skipping those already done when resuming mid-epoch.
+
+        The batch list is taken from the sampler here, once: ``set_start_batch`` applies to the next
+        ``iter()`` only, and a ``DataLoader`` with workers calls ``iter()`` on its batch sampler twice
+        when it starts (``__init__`` and ``_reset``), which would lose the offset.
+        """
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start_batch(self.start_batch if epoch == self.start_epoch else 0)
+        batches = list(iter(self.sampler))  # [[(index, sample_seed), ...], ...]
+        return torch.utils.data.DataLoader(self.seeded_train, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                                           pin_memory=self.device.type == "cuda")
+
     # -- the loop
     def fit(self) -> dict:
         cfg, dd = self.cfg, self.dd
@@ -999,10 +1011,8 @@ class _Run:
         stopped_early = False
         try:
             while epoch < cfg.epochs and self.step < stop_at:
-                self.sampler.set_epoch(epoch)
-                self.sampler.set_start_batch(self.start_batch if epoch == self.start_epoch else 0)
                 batch = self.start_batch if epoch == self.start_epoch else 0
-                for samples in self.loader:
+                for samples in self.epoch_loader(epoch):
                     images, labels = samples
                     images = images.to(self.device, non_blocking=True)
                     labels = labels.to(self.device, non_blocking=True)

@@ -61,6 +61,10 @@ def env() -> dict:
     e = os.environ.copy()
     e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e["CAIT_EDU_NO_PROGRESS"] = "1"
+    # One intra-op thread: these models are tiny, and on a busy 2-core machine two spinning OpenMP
+    # threads per process make a step ~10x slower. In-process tests set torch.set_num_threads(1) too,
+    # so runs compared bit for bit use the same thread count.
+    e["OMP_NUM_THREADS"] = "1"
     return e
 
 

@@ -280,3 +280,12 @@ def test_count_macs_matches_paper_for_s24():
     m = cait_edu.create_model("cait_s24_224")
     assert round(cait_edu.count_macs(m) / 1e9, 2) == 9.33
     assert all(p.requires_grad for p in m.parameters())  # flags restored
+
+
+def test_count_macs_counts_attention_products():
+    """ViT-style closed form: per layer 12 N d^2 (linear layers) + 2 N^2 d (q k^T and attn v)."""
+    m = cait_edu.create_model("deit_cifar_tiny")
+    N, d, L = 65, 128, 6
+    patch = 64 * (3 * 4 * 4) * d
+    expected = L * (12 * N * d * d + 2 * N * N * d) + patch + d * 10
+    assert cait_edu.count_macs(m) == expected

@@ -34,8 +34,18 @@ from _train_helpers import REPO, env, read_metrics, run_cli, set_args, write_fak
 BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_size=32, epochs=2, lr=2e-3,
             warmup_epochs=0.5, min_lr=1e-5, label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
             mixup_switch_prob=0.5, mixup_prob=1.0, drop_path_rate=0.1, ema=True, ema_decay=0.9,
-            num_workers=0, log_every=1, eval_every=1, save_every_steps=2, progress=False, seed=3)
+            num_workers=0, log_every=1, eval_every=1, save_every_steps=2, progress=False, seed=3,
+            train_subset=None, val_subset=None)
 TOTAL_STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Same thread count as the subprocesses (see _train_helpers.env), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +332,7 @@ def test_run_files_resume_rules_and_exact_continuation_in_process(tmp_path, fake
     full, part = tmp_path / "full", tmp_path / "part"
     res = T.train(_cfg(fake_data, full))
     assert res["step"] == TOTAL_STEPS and res["epoch"] == 2 and res["num_train"] == 128 and res["num_val"] == 64
-    assert "fake" not in res["data_source"] and "cifar10-jpeg.npz" in res["data_source"]
+    assert str(fake_data) in res["data_source"]
     recs = read_metrics(full)
     train_recs = [r for r in recs if r["kind"] == "train"]
     assert [r["step"] for r in train_recs] == list(range(1, TOTAL_STEPS + 1))
@@ -434,6 +444,11 @@ def reference_run(tmp_path_factory, fake_data) -> Path:
     r = run_cli(["--preset", "cifar10_tiny", "--data", str(fake_data), "--out", str(out),
                  *set_args({k: v for k, v in BASE.items()}), "--set", "preset=none"])
     assert r.returncode == 0, r.stderr
+    # the CLI config (preset + --set) is the same as the in-process one, apart from names
+    cli = json.loads((out / "config.json").read_text())
+    ours = dataclasses.asdict(T.validate_config(_cfg(fake_data, out)))
+    assert {k: v for k, v in cli.items() if k in ours and k != "preset"} == \
+        json.loads(json.dumps({k: v for k, v in ours.items() if k != "preset"}))
     return out
 
 
