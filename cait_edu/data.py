@@ -582,11 +582,17 @@ class EpochSampler(Sampler):
             self.num_samples = self.num_samples // batch_size * batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields."""
+        """Select the epoch whose order the next iteration yields (a new epoch starts at batch 0)."""
+        if epoch != self.epoch:
+            self.start_batch = 0
         self.epoch = epoch
 
     def set_start_batch(self, k: int) -> None:
-        """Skip the first ``k`` batches in the next iteration (mid-epoch resume)."""
+        """Skip the first ``k`` batches of the current epoch (mid-epoch resume).
+
+        The offset holds for every iteration of this epoch until :meth:`set_epoch` selects another
+        one: a ``DataLoader`` with worker processes calls ``iter()`` on its sampler more than once.
+        """
         if not 0 <= k <= len(self):
             raise ValueError(f"start batch must be in [0, {len(self)}], got {k}")
         self.start_batch = k
@@ -619,7 +625,7 @@ class EpochSampler(Sampler):
         return list(zip(order[positions].tolist(), seeds.tolist()))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        start, self.start_batch = self.start_batch, 0  # consume the resume offset
+        start = self.start_batch  # kept for this epoch (DataLoader may call iter() twice)
         samples = self.epoch_samples()
         bs = self.batch_size
         batches = [samples[i:i + bs] for i in range(0, len(samples), bs)]

@@ -184,6 +184,10 @@ class TrainConfig:
     """``torch.compile`` the model (checkpoints still hold the plain module's weights)."""
     num_workers: int = 2
     """DataLoader worker processes per rank (results do not depend on it)."""
+    threads: Optional[int] = None
+    """CPU intra-op threads (``torch.set_num_threads``) during the run, restored afterwards; None =
+    PyTorch's default (one per core; torchrun sets 1 per rank). Different counts may change the last
+    bits of the results."""
     # --- bookkeeping
     seed: int = 0
     """Seeds the weights' initialisation and every random choice of the run."""
@@ -209,7 +213,7 @@ class TrainConfig:
 # (``epochs`` re-stretches the cosine schedule from the current step, like extending a DeiT run).
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "out", "data_dir", "download", "num_workers", "log_every", "eval_every", "eval_ema",
-    "max_steps", "save_every_steps", "progress", "debug_step_sleep", "preset",
+    "max_steps", "save_every_steps", "progress", "debug_step_sleep", "preset", "threads",
 })
 
 _CHOICES = {
@@ -356,7 +360,7 @@ def validate_config(cfg: TrainConfig, world_size: int | None = None) -> TrainCon
             raise bad(f"{name} must be {'> 0' if strict else '>= 0'} (and finite), got {v}")
 
     for name in ("epochs", "batch_size", "lr", "eps", "log_every", "eval_every", "repeats",
-                 "train_subset", "val_subset", "max_steps", "save_every_steps", "grad_clip"):
+                 "train_subset", "val_subset", "max_steps", "save_every_steps", "grad_clip", "threads"):
         positive(name)
     for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "mixup_alpha", "cutmix_alpha",
                  "num_workers", "debug_step_sleep"):
@@ -774,8 +778,11 @@ class _Run:
         if self.resume:
             if not last.is_file():
                 raise ConfigError(f"--resume: no checkpoint {last}; run without --resume to start a new run")
-            self.ckpt = load_checkpoint(last)
-            if self.ckpt.get("format") != CHECKPOINT_FORMAT:
+            try:
+                self.ckpt = load_checkpoint(last)
+            except Exception as e:  # e.g. a file damaged outside our atomic writes
+                raise ConfigError(f"cannot read the checkpoint {last}: {type(e).__name__}: {e}") from None
+            if not isinstance(self.ckpt, dict) or self.ckpt.get("format") != CHECKPOINT_FORMAT:
                 raise ConfigError(f"{last} is not a cait_edu.train checkpoint (format {self.ckpt.get('format')!r})")
             _check_resume_config(self.ckpt["config"], cfg)
         elif last.is_file():
@@ -1021,8 +1028,8 @@ class _Run:
                     acc_loss, acc_n, n_img = acc_loss + loss, acc_n + 1, n_img + images.shape[0] * dd.world
                     last_loss = loss
                     if self.bar is not None:
-                        self.bar.update(1)
                         self.bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
+                        self.bar.update(1)
                     if self.step % cfg.log_every == 0:
                         now = time.time()
                         lr = self.optimizer.param_groups[0]["lr"]
@@ -1046,6 +1053,7 @@ class _Run:
                 if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or self.step >= stop_at:
                     self.run_eval(epoch)
                 self.save_last(epoch, 0)
+                t_log, n_img = time.time(), 0  # throughput counts training time only
             if self.last_eval is None or self.last_eval.get("step") != self.step:
                 self.run_eval(epoch)  # final numbers for the weights we end with
         finally:
@@ -1101,10 +1109,14 @@ def train(config: TrainConfig | str, *, resume: bool = False, **overrides: Any) 
     run = _Run(cfg, resume)
     run.dd = _Dist()
     run.bar = None
+    threads = torch.get_num_threads()
     try:
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         run.setup()
         return run.fit()
     finally:
+        torch.set_num_threads(threads)
         if run.dd.owned and dist.is_initialized():
             dist.destroy_process_group()
 

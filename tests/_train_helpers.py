@@ -91,5 +91,18 @@ def run_cli(args: list[str], timeout: float = 300, **kw) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def read_metrics(out: Path, strict: bool = True) -> list[dict]:
+    """Records of ``out/metrics.jsonl``; ``strict=False`` skips a line being written (or cut by a kill)."""
+    recs = []
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return recs
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            if strict:
+                raise
+    return recs

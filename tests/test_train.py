@@ -35,7 +35,7 @@ BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_si
             warmup_epochs=0.5, min_lr=1e-5, label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
             mixup_switch_prob=0.5, mixup_prob=1.0, drop_path_rate=0.1, ema=True, ema_decay=0.9,
             num_workers=0, log_every=1, eval_every=1, save_every_steps=2, progress=False, seed=3,
-            train_subset=None, val_subset=None)
+            train_subset=None, val_subset=None, threads=1)
 TOTAL_STEPS = 8
 
 
@@ -79,7 +79,7 @@ def _train_records(out: Path) -> list[tuple]:
 
 
 def _eval_records(out: Path) -> list[dict]:
-    return [{k: v for k, v in r.items()} for r in read_metrics(out) if r["kind"] == "eval"]
+    return [r for r in read_metrics(out) if r["kind"] == "eval"]
 
 
 # ----------------------------------------------------------------------------
@@ -217,9 +217,10 @@ def test_presets_follow_the_paper_recipe():
     assert PRESETS["deit_tiny_patch16_224"].fields["epochs"] == 300
     assert [PRESETS[f"deit_{s}_patch16_224"].fields["drop_path_rate"] for s in ("tiny", "small", "base")] == [0, .1, .1]
     assert len([n for n in PRESETS if n.startswith("cait_")]) == 10
-    for name in PRESETS:  # every preset is a valid config (world size 1, and 8 for the ImageNet ones)
-        cfg = T.validate_config(T.make_config(name, amp="off"), world_size=1)
-        assert cfg.img_size % 4 == 0 and cfg.preset == name
+    for name, p in PRESETS.items():  # every preset is a valid config, on 1 process and on 8 GPUs' worth
+        for world in (1, 8):
+            cfg = T.validate_config(T.make_config(name, amp="off"), world_size=world)
+        assert cfg.preset == name and cfg.img_size == p.fields["img_size"]
     table = T.presets_table()
     assert all(name in table for name in PRESETS) and "epochs" in table.splitlines()[0]
 
@@ -227,14 +228,20 @@ def test_presets_follow_the_paper_recipe():
 # ----------------------------------------------------------------------------
 # Bad configs: one clear message each, before any work
 # ----------------------------------------------------------------------------
-@pytest.fixture
-def no_work(monkeypatch):
-    """Make building a model or loading data fail loudly: errors must come before them."""
-    def boom(*a, **k):
-        raise AssertionError("work started before the config error was raised")
+def _boom(*a, **k):
+    raise AssertionError("work started before the config error was raised")
 
-    monkeypatch.setattr(T, "create_model", boom)
-    return boom
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Building a model fails loudly: errors must come before it."""
+    monkeypatch.setattr(T, "create_model", _boom)
+
+
+@pytest.fixture
+def no_work(monkeypatch, no_model):
+    """Building a model or loading data fails loudly: config errors must come before both."""
+    monkeypatch.setattr(T, "build_datasets", _boom)
 
 
 BAD = [
@@ -283,7 +290,7 @@ def test_bad_names_and_world_size():
         T.validate_config(T.make_config(batch_size=30), world_size=4)
 
 
-def test_data_problems_surface_before_the_model_is_built(tmp_path, fake_data, no_work):
+def test_data_problems_surface_before_the_model_is_built(tmp_path, fake_data, no_model):
     with pytest.raises(FileNotFoundError, match="CIFAR-10 not found in"):
         T.train(_cfg(tmp_path / "empty", tmp_path / "a"))
     with pytest.raises(T.ConfigError, match="train_subset=1000 but the dataset has only 128 images"):
@@ -371,6 +378,14 @@ def test_run_files_resume_rules_and_exact_continuation_in_process(tmp_path, fake
     # Extending epochs on resume is allowed (the cosine is re-stretched from the current step).
     r3 = T.train(_cfg(fake_data, full, epochs=3), resume=True)
     assert r3["step"] == 12 and r3["epoch"] == 3
+
+
+def test_ema_evaluation_and_bf16_autocast_on_cpu(tmp_path, fake_data):
+    res = T.train(_cfg(fake_data, tmp_path / "r", eval_ema=True, amp="bf16", max_steps=2))
+    ev = [r for r in read_metrics(tmp_path / "r") if r["kind"] == "eval"][-1]
+    assert {"val_top1_ema", "val_top5_ema", "val_loss_ema"} <= set(ev) and math.isfinite(ev["val_loss_ema"])
+    assert res["step"] == 2 and math.isfinite(res["train_loss"])
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["_runtime"]["amp"] == "bf16"
 
 
 # ----------------------------------------------------------------------------
@@ -468,7 +483,7 @@ def _kill_mid_epoch(out: Path, data: Path, extra: dict, after_ckpt_step: int, sl
             last = out / "last.pt"
             if last.exists():
                 ck = T.load_checkpoint(last)  # safe: last.pt is only ever replaced atomically
-                logged = max((r["step"] for r in read_metrics(out) if r["kind"] == "train"), default=0)
+                logged = max((r["step"] for r in read_metrics(out, strict=False) if r["kind"] == "train"), default=0)
                 if ck["step"] >= after_ckpt_step and ck["batch_in_epoch"] > 0 and logged > ck["step"]:
                     os.kill(proc.pid, signal.SIGKILL)
                     break
@@ -492,7 +507,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, fake_data,
         shutil.rmtree(out)
     else:
         pytest.fail("could not kill the run mid-epoch")
-    lost = max(r["step"] for r in read_metrics(out)) - ck["step"]
+    lost = max(r["step"] for r in read_metrics(out, strict=False)) - ck["step"]
     assert lost >= 1, "the kill should land after unsaved steps"
     assert 0 < ck["batch_in_epoch"] < 4
 
@@ -503,8 +518,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, fake_data,
     assert b["step"] == TOTAL_STEPS
     _assert_same_state(a, b)
     assert _train_records(reference_run) == _train_records(out)  # every step's loss, lr, grad norm
-    strip = lambda recs: [{k: v for k, v in r.items()} for r in recs]  # noqa: E731
-    assert strip(_eval_records(reference_run)) == strip(_eval_records(out))
+    assert _eval_records(reference_run) == _eval_records(out)  # val loss, top-1, top-5 per epoch
 
 
 def test_crash_while_writing_checkpoint_keeps_previous_one(tmp_path, fake_data, reference_run):
@@ -541,6 +555,10 @@ def _real_cifar() -> bool:
 def test_cifar10_tiny_preset_learns(tmp_path):
     res = T.train("cifar10_tiny", out=str(tmp_path / "tiny"))
     assert "CIFAR-10" in res["data_source"] or "cifar10-jpeg.npz" in res["data_source"]
-    assert res["num_train"] == 512 and res["num_val"] == 256
-    # Chance is 10%. Measured: MEASURED_TOP1; we require 10 + MARGIN points.
-    assert res["val_top1"] >= 10 + MARGIN, res
+    assert res["num_train"] == 1024 and res["num_val"] == 256
+    # Chance is 10% (+- 1.9 points of binomial noise on 256 images). Measured on this 2-core CPU:
+    # 27.7% top-1 (76.2% top-5) after 5 epochs; the run is deterministic (seed 0, one thread), so only
+    # a different CPU/BLAS can move it, by a point or two. We require 10 + 10 points (> 5 sigma above
+    # chance), leaving 7.7 points of slack.
+    assert res["val_top1"] >= 20.0, res
+    assert res["step"] == 80 and res["val_top5"] > 50.0
