@@ -262,12 +262,14 @@ def gemm_rate(size: int, repeats: int, device: torch.device) -> list[float]:
 
 def train_step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """FLOPs of forward + cross-entropy + backward (``FlopCounterMode``; fails under no_grad,
-    so gradients are on). Matrix products and convolutions only, as the counter counts them."""
+    so gradients are on). Matrix products, attention and convolutions, as the counter counts them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     was = model.training
     model.train()
-    with FlopCounterMode(display=False) as counter:
+    # the fused CPU attention kernel is invisible to FlopCounterMode: count the math path instead
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     model.train(was)
@@ -298,6 +300,21 @@ def profile_step(step: Callable[[], None], top: int = 15) -> dict[str, Any]:
             for e in rows[:top]
         ],
     }
+
+
+def _profile_compiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Profile a compiled training step with Inductor's per-kernel profiling on, so the fused C++
+    kernels (``cpp_fused_*``) show up by name (this recompiles the model once)."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        step = make_step("train", torch.compile(model), x, y, opt)
+        step()
+        step()
+        out = profile_step(step)
+    torch._dynamo.reset()
+    return out
 
 
 # ----------------------------------------------------------------------------- memory
@@ -398,7 +415,8 @@ def _paired(num: list[float], den: list[float]) -> float:
 
 
 def bench_model_task(name: str, task: str, batch: int, modes: list[str], repeats: int,
-                     target_s: float, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
+                     target_s: float, device: torch.device, log: Callable[[str], None],
+                     gemm_size: int = 2048) -> dict[str, Any]:
     ours, ref = build_pair(name, device)
     x, y = _inputs(name, batch, device)
     impls = {"timm": ref, "ours": ours}
@@ -423,8 +441,11 @@ def bench_model_task(name: str, task: str, batch: int, modes: list[str], repeats
     wall: dict[str, list[float]] = {k: [] for k in keys}
     cpu: dict[str, list[float]] = {k: [] for k in keys}
     loads = []
+    gemm_per_repeat = []  # the GEMM reference, measured in every repeat (paired with the steps)
     for r in range(repeats):
         loads.append(round(os.getloadavg()[0], 2))
+        if task == "train":
+            gemm_per_repeat.append(statistics.median(gemm_rate(gemm_size, 3, device)))
         order = keys[r % len(keys):] + keys[: r % len(keys)]  # rotate the order every repeat
         for k in order:
             w, c = _timed(configs[k]["step"], iters, device)
@@ -434,15 +455,19 @@ def bench_model_task(name: str, task: str, batch: int, modes: list[str], repeats
     for k in keys:
         c = configs[k]
         med = statistics.median(wall[k])
-        compile_s = max(c["first_call_s"] - med, 0.0) if c["mode"] == "compiled" else None
+        # compile time: what the first two calls took beyond two steady steps (a second call can
+        # recompile too, e.g. when a guard fails after the first optimizer step)
+        compile_s = max(c["first_call_s"] + c["warm_s"] - 2 * med, 0.0) if c["mode"] == "compiled" else None
         results.append(dict(
             model=name, task=task, batch=batch, impl=c["impl"], mode=c["mode"], iters_per_measurement=iters,
             step_s_all=[round(v, 5) for v in wall[k]], cpu_s_all=[round(v, 5) for v in cpu[k]],
             step_s_median=round(med, 5), step_s_min=round(min(wall[k]), 5),
             images_per_s_median=round(batch / med, 2), images_per_s_best=round(batch / min(wall[k]), 2),
-            first_call_s=round(c["first_call_s"], 2), compile_s=None if compile_s is None else round(compile_s, 1),
+            first_call_s=round(c["first_call_s"], 2), second_call_s=round(c["warm_s"], 2),
+            compile_s=None if compile_s is None else round(compile_s, 1),
         ))
-    out = {"results": results, "loadavg_1min_per_repeat": loads, "wall": wall, "ours_model": ours, "x": x, "y": y}
+    out = {"results": results, "loadavg_1min_per_repeat": loads, "wall": wall, "ours_model": ours, "x": x, "y": y,
+           "gemm_per_repeat": gemm_per_repeat}
     return out
 
 
@@ -509,7 +534,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batches = {"train": args.batch_train or b_train, "infer": args.batch_infer or b_infer}
         for task in args.tasks:
             log(f"{name} / {task} (batch {batches[task]})")
-            res = bench_model_task(name, task, batches[task], args.modes, args.repeats, args.target_seconds, device, log)
+            res = bench_model_task(name, task, batches[task], args.modes, args.repeats, args.target_seconds, device, log,
+                                   gemm_size=args.gemm_size)
             report["results"] += res["results"]
             for r in res["results"]:
                 r["loadavg_1min_per_repeat"] = res["loadavg_1min_per_repeat"]
@@ -530,9 +556,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if task == "train":
                 ours = res["ours_model"]
                 flops = train_step_flops(ours, res["x"], res["y"])
+                gr = res["gemm_per_repeat"]
                 for r in res["results"]:
                     rate = flops / r["step_s_median"] / 1e9
+                    paired = statistics.median(flops / t / 1e9 / g for t, g in zip(r["step_s_all"], gr))
                     report["flops"].append(dict(
+                        gemm_gflops_per_repeat=[round(g, 2) for g in gr],
+                        fraction_of_gemm_paired=round(paired, 4),
                         model=name, batch=r["batch"], impl=r["impl"], mode=r["mode"], train_step_flops=flops,
                         gflop_per_image=round(flops / r["batch"] / 1e9, 3), achieved_gflops=round(rate, 2),
                         achieved_gflops_best=round(flops / r["step_s_min"] / 1e9, 2),
@@ -542,8 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     opt = _make_optimizer(ours, device)
                     prof = {"ours_eager": profile_step(make_step("train", ours, res["x"], res["y"], opt))}
                     if "compiled" in args.modes:
-                        cm = torch.compile(ours)
-                        prof["ours_compiled"] = profile_step(make_step("train", cm, res["x"], res["y"], opt))
+                        prof["ours_compiled"] = _profile_compiled(ours, res["x"], res["y"], opt)
                     report["profile_top_ops"][name] = prof
             del res
             gc.collect()
@@ -590,9 +619,12 @@ def _evaluate_targets(report: dict[str, Any]) -> None:
             continue
         key = f"{f['model']}/train"
         best = verdict.setdefault(key, {}).get("gemm_fraction_ge_0.5")
-        if best is None or f["fraction_of_gemm"] > best["fraction"]:
+        frac = f.get("fraction_of_gemm_paired", f["fraction_of_gemm"])
+        if best is None or frac > best["fraction"]:
             verdict[key]["gemm_fraction_ge_0.5"] = dict(
-                met=f["fraction_of_gemm"] >= TARGETS["gemm_fraction_min"], fraction=f["fraction_of_gemm"], mode=f["mode"])
+                met=frac >= TARGETS["gemm_fraction_min"], fraction=frac, mode=f["mode"],
+                fraction_vs_run_median_gemm=f["fraction_of_gemm"],
+                fraction_vs_best_gemm=round(f["achieved_gflops"] / max(report["gemm"]["gflops_all"]), 4))
     report["target_verdicts"] = verdict
     for model, prof in report["profile_top_ops"].items():
         for mode, p in prof.items():
@@ -601,6 +633,16 @@ def _evaluate_targets(report: dict[str, Any]) -> None:
                 f"{model} ours {mode} training step: {p['share']['gemm']:.0%} of self CPU time in matrix products, "
                 f"{p['share']['optimizer']:.0%} in the optimizer, {p['share']['other']:.0%} elsewhere; top non-GEMM ops: "
                 + ", ".join(f"{o['op']} {o['share']:.1%}" for o in others))
+    for r in report["results"]:
+        if r["mode"] == "compiled" and r.get("second_call_s", 0) > 3 * r["step_s_median"]:
+            notes.append(f"{r['model']} {r['task']} {r['impl']} compiled: the second call took {r['second_call_s']:.0f} s "
+                         f"(steady step {r['step_s_median']:.1f} s), i.e. it compiled again; compile_s counts both calls.")
+    notes.append(
+        "cait_edu's speed-up over timm comes from TalkingHeadsAttention._mix_heads: the head mixing (proj_l before, "
+        "proj_w after the softmax) is one batched (h x h) @ (h x N*N) product per sample with the bias fused "
+        "(torch.baddbmm) on the contiguous (B, h, N, N) tensor; timm permutes to (B, N, N, h), applies nn.Linear and "
+        "permutes back, so the softmax, attn @ v and their backward work on strided tensors and copy them. Same "
+        "parameters, same maths; parity with timm is tested to 1e-5 (tests/test_parity_timm.py).")
     load = report["machine"]
     notes.append(
         f"load average at start {load.get('loadavg_start')} and end {load.get('loadavg_end')} on "
@@ -621,10 +663,10 @@ def _print_report(report: dict[str, Any]) -> None:
     g = report["gemm"]
     print(f"\nGEMM {g['size']}x{g['size']} fp32 on {g['threads']} threads: {g['gflops_median']:.1f} GFLOP/s (median)")
     if report["flops"]:
-        rows = [["model", "impl", "mode", "GFLOP/image", "achieved GFLOP/s", "fraction of GEMM"]]
+        rows = [["model", "impl", "mode", "GFLOP/image", "achieved GFLOP/s", "fraction of GEMM (paired)", "(vs run median)"]]
         for f in report["flops"]:
-            rows.append([f["model"], f["impl"], f["mode"], f"{f['gflop_per_image']:.2f}",
-                         f"{f['achieved_gflops']:.1f}", f"{f['fraction_of_gemm']:.1%}"])
+            rows.append([f["model"], f["impl"], f["mode"], f"{f['gflop_per_image']:.2f}", f"{f['achieved_gflops']:.1f}",
+                         f"{f['fraction_of_gemm_paired']:.1%}", f"{f['fraction_of_gemm']:.1%}"])
         print(_fmt_table(rows))
     if report["memory"]:
         rows = [["model", "task", "batch", "impl", "mode", "peak MB", "step +MB"]]
