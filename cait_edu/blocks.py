@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from .layers import Attention, ClassAttention, DropPath, Mlp
 
-__all__ = ["Block", "ClassAttentionBlock", "layerscale_init_for_depth", "RESIDUAL_SCALES"]
+__all__ = ["Block", "ClassAttentionBlock", "layerscale_init_for_depth", "drop_path_rates", "RESIDUAL_SCALES",
+           "DROP_PATH_SCHEDULES"]
 
 ResidualScale = Literal["none", "scalar", "layerscale"]
 RESIDUAL_SCALES = ("none", "scalar", "layerscale")
@@ -41,6 +42,27 @@ def layerscale_init_for_depth(depth: int) -> float:
     if depth <= 24:
         return 1e-5
     return 1e-6
+
+
+DROP_PATH_SCHEDULES = ("uniform", "linear")
+
+
+def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
+    """Stochastic-depth rate of each of ``depth`` blocks (Huang et al. 2016, "Deep networks with
+    stochastic depth").
+
+    * ``"uniform"``: every block drops its residual branch with probability ``rate``. CaiT's
+      released code does this in the self-attention stage (the authors report that a linear ramp
+      makes little difference).
+    * ``"linear"``: the rate grows linearly from 0 at the first block to ``rate`` at the last, as in
+      DeiT / timm's VisionTransformer (and the original stochastic-depth paper), so the average rate
+      is about ``rate / 2``.
+    """
+    if schedule == "uniform":
+        return [float(rate)] * depth
+    if schedule == "linear":
+        return [float(rate) * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+    raise ValueError(f"unknown drop_path_schedule {schedule!r}; choose one of {DROP_PATH_SCHEDULES}")
 
 
 def _make_scale(kind: str, dim: int, init: float) -> nn.Parameter | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import Block, ClassAttentionBlock, layerscale_init_for_depth
+from .blocks import Block, ClassAttentionBlock, drop_path_rates, layerscale_init_for_depth
 from .layers import Attention, PatchEmbed, TalkingHeadsAttention
 
 __all__ = ["ViT", "CaiT", "init_weights"]
@@ -73,6 +73,8 @@ class ViT(_VisionTransformerBase):
     :class:`~cait_edu.blocks.Block` s with plain attention, a final LayerNorm, and a linear head on
     the class token. ``residual_scale``/``init_scale``/``norm`` expose the residual-scaling variants
     of CaiT Fig. 3 (e.g. ``residual_scale="layerscale"`` gives DeiT + LayerScale, Table 1).
+    Stochastic depth ramps linearly from 0 to ``drop_path_rate`` over the blocks, as in DeiT
+    (``drop_path_schedule="uniform"`` gives every block the same rate, as CaiT does).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ViT(_VisionTransformerBase):
         residual_scale: str = "none",
         init_scale: float | None = None,
         norm: bool = True,
+        drop_path_schedule: str = "linear",
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -107,9 +110,9 @@ class ViT(_VisionTransformerBase):
             Block(
                 dim, num_heads, mlp_ratio, qkv_bias, attn_layer=Attention,
                 residual_scale=residual_scale, init_scale=init_scale, norm=norm,
-                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rate,
+                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr,
             )
-            for _ in range(depth)
+            for dpr in drop_path_rates(drop_path_rate, depth, drop_path_schedule)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
@@ -132,7 +135,8 @@ class CaiT(_VisionTransformerBase):
 
     1. Patch embedding + position embedding ``(1, N, dim)`` (patches only).
     2. Self-attention stage: ``depth`` blocks with talking-heads attention and LayerScale
-       (Eq. 4), stochastic depth ``drop_path_rate`` in each (the same rate in every block).
+       (Eq. 4), stochastic depth ``drop_path_rate`` in each (the same rate in every block, as the
+       released code; ``drop_path_schedule="linear"`` ramps it from 0 as DeiT does).
     3. Class-attention stage: the class token is inserted now and ``depth_token_only`` (2)
        :class:`~cait_edu.blocks.ClassAttentionBlock` s update it alone; patches stay frozen.
     4. LayerNorm and a linear head on the class token.
@@ -160,6 +164,7 @@ class CaiT(_VisionTransformerBase):
         depth_token_only: int = 2,
         residual_scale: str = "layerscale",
         talking_heads: bool = True,
+        drop_path_schedule: str = "uniform",
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -177,9 +182,9 @@ class CaiT(_VisionTransformerBase):
             Block(
                 dim, num_heads, mlp_ratio, qkv_bias, attn_layer=attn_layer,
                 residual_scale=residual_scale, init_scale=init_scale,
-                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path_rate,
+                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr,
             )
-            for _ in range(depth)
+            for dpr in drop_path_rates(drop_path_rate, depth, drop_path_schedule)
         )
         self.blocks_token_only = nn.ModuleList(
             ClassAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias, residual_scale=residual_scale, init_scale=init_scale)

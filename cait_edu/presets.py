@@ -100,7 +100,7 @@ def _build() -> dict[str, Preset]:
                + (", trained from scratch at this resolution (the release fine-tuned the 224 model)"
                   if res != 224 else "") + ").")
         presets[name] = Preset(name, doc, _imagenet_recipe(name, epochs=400, crop_ratio=1.0, drop_path=dpr))
-    for size, dpr in (("tiny", 0.0), ("small", 0.1), ("base", 0.1)):
+    for size, dpr in (("tiny", 0.1), ("small", 0.1), ("base", 0.1)):
         name = f"deit_{size}_patch16_224"
         doc = (f"DeiT-{size} baseline with DeiT's recipe (300 epochs, batch 1024, lr 1e-3, drop-path {dpr}, "
                "eval crop 0.875), for comparing with CaiT.")

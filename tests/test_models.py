@@ -220,6 +220,24 @@ def test_drop_path_rate_is_uniform_in_sa_and_zero_in_ca():
     assert {blk.drop_path.p for blk in m.blocks_token_only} == {0.0}
     m = cait_edu.create_model("cait_cifar_nano", drop_path_rate=0.3)
     assert {blk.drop_path.p for blk in m.blocks} == {0.3}
+    m = cait_edu.create_model("cait_cifar_nano", drop_path_rate=0.3, drop_path_schedule="linear")
+    assert [blk.drop_path.p for blk in m.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_vit_drop_path_ramps_linearly_as_deit():
+    """DeiT (timm's VisionTransformer) ramps stochastic depth from 0 at the first block to the rate
+    at the last; checked against timm itself, an independent implementation."""
+    timm = pytest.importorskip("timm")
+    ours = cait_edu.create_model("deit_small_patch16_224", drop_path_rate=0.1).to("meta")
+    with torch.device("meta"):
+        ref = timm.create_model("deit_small_patch16_224", drop_path_rate=0.1)
+    ref_rates = [blk.drop_path1.drop_prob if hasattr(blk.drop_path1, "drop_prob") else 0.0 for blk in ref.blocks]
+    assert [blk.drop_path.p for blk in ours.blocks] == pytest.approx(ref_rates)
+    assert ref_rates[0] == 0.0 and ref_rates[-1] == pytest.approx(0.1)
+    uniform = cait_edu.create_model("deit_cifar_tiny", drop_path_rate=0.2, drop_path_schedule="uniform")
+    assert {blk.drop_path.p for blk in uniform.blocks} == {0.2}
+    with pytest.raises(ValueError, match="drop_path_schedule"):
+        cait_edu.create_model("deit_cifar_tiny", drop_path_schedule="cosine")
 
 
 def test_model_without_dropout_is_deterministic_in_training_mode():
