@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import cait_edu.train as T
 from cait_edu import data as D
+from cait_edu.training import hardware, loop
 from cait_edu.presets import PRESETS
 from cait_edu.registry import create_model
 
@@ -143,15 +144,6 @@ def test_model_ema_update_rule_and_buffers():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-def test_resolve_amp():
-    assert T.resolve_amp("auto", "cpu", bf16_supported=True) == "off"
-    assert T.resolve_amp("auto", "cuda", bf16_supported=True) == "bf16"
-    assert T.resolve_amp("auto", "cuda", bf16_supported=False) == "fp16"
-    assert T.resolve_amp("off", "cuda", True) == "off" and T.resolve_amp("bf16", "cpu", False) == "bf16"
-    with pytest.raises(T.ConfigError, match="amp must be one of"):
-        T.resolve_amp("fp8", "cpu", False)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only rules")
 def test_cpu_rules():
     with pytest.raises(T.ConfigError, match="fp16 needs a CUDA GPU"):
@@ -176,17 +168,6 @@ def test_parse_set_types_and_errors():
         T.parse_set(["epochs"])
 
 
-def test_unwrap_and_clean_state_dict_strip_compile_and_ddp_prefixes():
-    model = create_model("cait_cifar_nano")
-    compiled = torch.compile(model)  # lazy: nothing is compiled until called
-    assert T.unwrap_model(compiled) is model
-    sd = compiled.state_dict()
-    assert all(k.startswith("_orig_mod.") for k in sd)
-    clean = T.clean_state_dict(sd)
-    assert clean.keys() == model.state_dict().keys()
-    assert T.clean_state_dict({"module._orig_mod.head.weight": 1}) == {"head.weight": 1}
-
-
 def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     p = tmp_path / "last.pt"
     T.atomic_torch_save({"a": torch.ones(2)}, p)
@@ -197,13 +178,12 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
 
 def test_progress_bar_switches(monkeypatch):
     cfg = T.TrainConfig()
-    assert not T._progress_enabled(cfg)  # under pytest
-    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    assert not loop.progress_enabled(cfg)  # tests/conftest.py sets CAIT_EDU_NO_PROGRESS=1
     monkeypatch.delenv("CAIT_EDU_NO_PROGRESS", raising=False)
-    assert T._progress_enabled(cfg)
-    assert not T._progress_enabled(dataclasses.replace(cfg, progress=False))
+    assert loop.progress_enabled(cfg)
+    assert not loop.progress_enabled(dataclasses.replace(cfg, progress=False))
     monkeypatch.setenv("CAIT_EDU_NO_PROGRESS", "1")
-    assert not T._progress_enabled(cfg)
+    assert not loop.progress_enabled(cfg)
 
 
 def test_presets_follow_the_paper_recipe():
@@ -235,13 +215,13 @@ def _boom(*a, **k):
 @pytest.fixture
 def no_model(monkeypatch):
     """Building a model fails loudly: errors must come before it."""
-    monkeypatch.setattr(T, "create_model", _boom)
+    monkeypatch.setattr(loop, "create_model", _boom)
 
 
 @pytest.fixture
 def no_work(monkeypatch, no_model):
     """Building a model or loading data fails loudly: config errors must come before both."""
-    monkeypatch.setattr(T, "build_datasets", _boom)
+    monkeypatch.setattr(loop, "build_datasets", _boom)
 
 
 BAD = [
@@ -354,7 +334,8 @@ def test_run_files_resume_rules_and_exact_continuation_in_process(tmp_path, fake
     assert best["metrics"]["val_top1"] == max(r["val_top1"] for r in evals)
     last = T.load_checkpoint(full / "last.pt")
     assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (8, 2, 0)
-    assert {"model", "optimizer", "scheduler", "scaler", "ema", "rng", "sampler", "config", "best_top1"} <= set(last)
+    assert {"model", "optimizer", "scaler", "ema", "config", "best_top1", "log_sums", "world_size"} <= set(last)
+    assert "rng" not in last  # every random draw is derived from (seed, step, rank): nothing to store
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in last["model"])
 
     # An existing run is never overwritten by accident; resume refuses a changed recipe.
@@ -388,13 +369,90 @@ def test_ema_evaluation_and_bf16_autocast_on_cpu(tmp_path, fake_data):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["_runtime"]["amp"] == "bf16"
 
 
+def test_eval_ema_evaluates_the_ema_weights_not_the_live_ones(tmp_path, fake_data):
+    """The EMA numbers must be those of the averaged weights: re-evaluate both weight sets from
+    last.pt by hand (plain forward + cross-entropy over the 64 val images) and compare."""
+    out = tmp_path / "ema"
+    T.train(_cfg(fake_data, out, eval_ema=True, ema_decay=0.5, max_steps=4))  # 4 steps = end of epoch 0
+    ev = _eval_records(out)[-1]
+    ck = T.load_checkpoint(out / "last.pt")
+    assert ev["step"] == ck["step"] == 4
+    _, val, _, _ = T.build_datasets(T.validate_config(_cfg(fake_data, out)))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+
+    def by_hand(state: dict) -> tuple[float, float]:
+        model = create_model("cait_cifar_nano", num_classes=10)
+        model.load_state_dict(state)
+        with torch.no_grad():
+            logits = model.eval()(x)
+        return F.cross_entropy(logits, y).item(), 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+    live, ema = by_hand(ck["model"]), by_hand(ck["ema"])
+    assert abs(live[0] - ema[0]) > 1e-3, "the test needs EMA weights that differ from the live ones"
+    assert (ev["val_loss"], ev["val_top1"]) == pytest.approx(live, rel=1e-5)
+    assert (ev["val_loss_ema"], ev["val_top1_ema"]) == pytest.approx(ema, rel=1e-5)
+
+
+def test_resume_between_two_log_lines_logs_the_same_means(tmp_path, fake_data):
+    """log_every=3: stopping at step 4 leaves step 4's loss in the running sums, which the checkpoint
+    carries, so the line at step 6 still averages steps 4-6, as in the uninterrupted run."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    T.train(_cfg(fake_data, full, log_every=3))
+    T.train(_cfg(fake_data, part, log_every=3, max_steps=4))
+    assert T.load_checkpoint(part / "last.pt")["log_sums"]["steps"] == 1
+    T.train(_cfg(fake_data, part, log_every=3), resume=True)
+    assert [r[0] for r in _train_records(full)] == [3, 6]
+    assert _train_records(part) == _train_records(full)
+
+
+def _rewrite_checkpoint(path: Path, **changes) -> None:
+    ck = T.load_checkpoint(path)
+    ck.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        del ck[k]
+    T.atomic_torch_save(ck, path)
+
+
+def test_resume_refuses_another_world_size_unless_allowed(tmp_path, fake_data):
+    out = tmp_path / "r"
+    T.train(_cfg(fake_data, out, max_steps=3))
+    _rewrite_checkpoint(out / "last.pt", world_size=2)  # as if written by two processes
+    with pytest.raises(T.ConfigError, match=r"written by 2 process\(es\), this run has 1.*Mixup/CutMix"):
+        T.train(_cfg(fake_data, out), resume=True)
+    res = T.train(_cfg(fake_data, out), resume=True, allow_world_size_change=True)
+    assert res["step"] == TOTAL_STEPS
+    r = run_cli(["--resume", "--out", str(out), "--set", "epochs=3"])  # now written by 1 process: fine
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_ignores_per_gpu_rng_states_of_an_older_checkpoint(tmp_path, fake_data, monkeypatch):
+    """Format-1 checkpoints carried one CUDA RNG state per GPU that wrote them; restoring them on
+    fewer GPUs crashed. Nothing random is restored now (it is all derived from seed and step): a
+    format-1 checkpoint from 8 GPUs continues, and exactly, without touching any CUDA RNG."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    T.train(_cfg(fake_data, full))
+    T.train(_cfg(fake_data, part, max_steps=3))
+    eight = [torch.zeros(16, dtype=torch.uint8) for _ in range(8)]
+    _rewrite_checkpoint(part / "last.pt", format="cait_edu.train/1", log_sums=None,
+                        rng={"torch": torch.get_rng_state(), "cuda": eight})
+
+    def no_cuda_rng(*a, **k):
+        raise AssertionError("CUDA RNG state touched")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", no_cuda_rng)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", no_cuda_rng)
+    T.train(_cfg(fake_data, part), resume=True)
+    _assert_same_state(T.load_checkpoint(full / "last.pt"), T.load_checkpoint(part / "last.pt"))
+
+
 # ----------------------------------------------------------------------------
 # Divergence
 # ----------------------------------------------------------------------------
 def _poisoned_create_model(monkeypatch, *, at_call: int, where: str):
     """Make the model's training forward return NaN logits (where="loss"), or its gradients NaN
     (where="grad"), at training step ``at_call`` (1-based)."""
-    real = T.create_model
+    real = loop.create_model
 
     def create(name, **kw):
         model = real(name, **kw)
@@ -414,7 +472,7 @@ def _poisoned_create_model(monkeypatch, *, at_call: int, where: str):
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(T, "create_model", create)
+    monkeypatch.setattr(loop, "create_model", create)
 
 
 @pytest.mark.parametrize("where,match", [("loss", "non-finite loss (nan) at step 6 (epoch 1, batch 2 of 4)"),
@@ -470,8 +528,8 @@ def reference_run(tmp_path_factory, fake_data) -> Path:
 def _kill_mid_epoch(out: Path, data: Path, extra: dict, after_ckpt_step: int, sleep: float) -> dict:
     """Start the run, SIGKILL it once a mid-epoch last.pt at step >= after_ckpt_step exists and at
     least one more step has been logged (so work is lost). Returns the surviving checkpoint."""
-    cmd = [sys.executable, "-m", "cait_edu.train", "--preset", "cifar10_tiny", "--data", str(data),
-           "--out", str(out), *set_args({**BASE, **extra, "debug_step_sleep": sleep}), "--set", "preset=none"]
+    cmd = [sys.executable, str(REPO / "tests" / "_slow_train.py"), str(sleep), "--preset", "cifar10_tiny",
+           "--data", str(data), "--out", str(out), *set_args({**BASE, **extra}), "--set", "preset=none"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     try:
@@ -512,7 +570,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, fake_data,
     assert 0 < ck["batch_in_epoch"] < 4
 
     # resume from the run directory alone (config from its config.json)
-    r = run_cli(["--resume", "--out", str(out), "--set", "debug_step_sleep=0"])
+    r = run_cli(["--resume", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     a, b = T.load_checkpoint(reference_run / "last.pt"), T.load_checkpoint(out / "last.pt")
     assert b["step"] == TOTAL_STEPS
