@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import random
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,9 @@ import torch
 from PIL import Image
 
 from cait_edu import data as D
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_helpers import write_image_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 README_SHA_X_TEST = "6b309d7b8f755aea"  # /work/shared/data/README.md: sha256 of x_test (N, 32, 32, 3)
@@ -164,6 +169,55 @@ def test_load_imagenet_layouts_and_errors(tmp_path):
         assert x.shape == (3, 24, 24) and x.dtype == torch.float32 and y == 1
     with pytest.raises(ValueError):
         D.load_imagenet("test", tmp_path)
+
+
+def test_load_imagefolder_layout_errors(tmp_path):
+    layout = r"expected <data_dir>/train/<class>/<image> and <data_dir>/val/<class>/<image>"
+    with pytest.raises(FileNotFoundError, match=r"image folder split 'train' not found: .* does not exist; " + layout):
+        D.load_imagefolder("train", tmp_path)
+    (tmp_path / "train").mkdir()
+    # torchvision's own reason, prefixed with the folder and followed by the expected layout
+    in_folder = "^" + re.escape(str(tmp_path / "train")) + ": .+; " + layout
+    with pytest.raises(FileNotFoundError, match=in_folder):
+        D.load_imagefolder("train", tmp_path)  # a split folder without class folders
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=in_folder):
+        D.load_imagefolder("train", tmp_path)  # class folders without images
+
+
+def test_load_imagefolder_reads_both_splits(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "imgs", classes=3, per_class=2, size=20)
+    tf = D.build_transform("cifar", train=False, img_size=20)
+    for split in ("train", "val"):
+        ds = D.load_imagefolder(split, root, transform=tf)
+        assert len(ds) == 6 and ds.classes == ["class_0", "class_1", "class_2"]
+        x, y = ds[5]
+        assert x.shape == (3, 20, 20) and x.dtype == torch.float32 and y == 2
+    monkeypatch.setenv("CAIT_EDU_DATA", str(root))  # data_dir=None resolves like the other loaders
+    assert len(D.load_imagefolder("val")) == 6
+
+
+def test_fixed_subset_is_deterministic_and_checks_n(tmp_path):
+    images = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
+    arr = D.ArrayDataset(images, torch.arange(20), [str(k) for k in range(20)], transform=lambda img: img)
+    assert D.fixed_subset(arr, None, "train_subset") is arr
+    a, b = D.fixed_subset(arr, 7, "train_subset"), D.fixed_subset(arr, 7, "train_subset")
+    assert isinstance(a, D.ArrayDataset) and a.transform is arr.transform
+    picked = a.labels.tolist()  # labels are the indices here
+    assert picked == b.labels.tolist() == sorted(picked) and len(set(picked)) == 7
+    # pinned: runs that trained on a subset before keep the same images (generator seed 0)
+    assert picked == [3, 4, 5, 7, 13, 14, 19]
+    assert torch.equal(a.images, images[picked])
+    # the choice depends on n and the dataset length only, not on the global RNG or the dataset type
+    torch.manual_seed(123)
+    folder = D.load_imagefolder("train", write_image_folder(tmp_path / "imgs", classes=4, per_class=5, size=8))
+    sub = D.fixed_subset(folder, 7, "val_subset")
+    assert isinstance(sub, torch.utils.data.Subset) and sub.indices == picked
+    assert [sub[i][1] for i in range(7)] == [folder.targets[i] for i in picked]
+    assert len(D.fixed_subset(arr, 20, "train_subset")) == 20
+    with pytest.raises(ValueError, match=r"^train_subset=21 but the dataset has only 20 images$"):
+        D.fixed_subset(arr, 21, "train_subset")
 
 
 # ----------------------------------------------------------------------------

@@ -5,13 +5,15 @@ split the work as follows:
 
 * :mod:`~cait_edu.data.datasets` -- where data lives (:func:`resolve_data_dir`:
   argument > ``$CAIT_EDU_DATA`` > the repository's ``data/`` folder >
-  ``./data``) and the in-memory :class:`ArrayDataset`.
+  ``./data``), the in-memory :class:`ArrayDataset`, and :func:`fixed_subset`
+  (the same ``n`` samples on every call).
 * :mod:`~cait_edu.data.cifar10` -- :func:`load_cifar10` reads the offline JPEG
   copy ``cifar10-jpeg.npz`` or torchvision's extracted ``cifar-10-batches-py/``
   (or downloads it with torchvision when asked) into an :class:`ArrayDataset`
   of uint8 ``(N, 3, 32, 32)`` images.
 * :mod:`~cait_edu.data.folders` -- class-folder datasets through
-  ``torchvision.datasets.ImageFolder``: :func:`load_imagenet` (ImageNet-1k).
+  ``torchvision.datasets.ImageFolder``: :func:`load_imagenet` (ImageNet-1k) and
+  :func:`load_imagefolder` (any ``<data_dir>/<split>/<class>/<image>`` tree).
 * :mod:`~cait_edu.data.transforms` -- :func:`build_transform` builds the
   DeiT/CaiT ImageNet recipe (Touvron et al., "Training data-efficient image
   transformers & distillation through attention", 2021, whose recipe CaiT
@@ -35,8 +37,8 @@ resume to exactly the same batches.
 """
 
 from .cifar10 import BATCHES_DIR, CIFAR10_CLASSES, NPZ_NAME, load_cifar10
-from .datasets import ArrayDataset, resolve_data_dir
-from .folders import load_imagenet
+from .datasets import ArrayDataset, fixed_subset, resolve_data_dir
+from .folders import load_imagefolder, load_imagenet
 from .mixing import MixupCutmix, sample_beta, smooth_one_hot
 from .sampling import EpochSampler, SeededDataset, make_loader
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -54,7 +56,9 @@ __all__ = [
     "MixupCutmix",
     "SeededDataset",
     "build_transform",
+    "fixed_subset",
     "load_cifar10",
+    "load_imagefolder",
     "load_imagenet",
     "make_loader",
     "resolve_data_dir",

@@ -1,9 +1,11 @@
-"""Where datasets live, and the in-memory :class:`ArrayDataset`.
+"""Where datasets live, the in-memory :class:`ArrayDataset`, and fixed subsets.
 
 * :func:`resolve_data_dir`: argument > ``$CAIT_EDU_DATA`` > the repository's
   ``data/`` folder > ``./data``.
 * :class:`ArrayDataset`: uint8 ``(N, 3, H, W)`` images plus labels, held in
   memory (what :func:`~cait_edu.data.load_cifar10` returns).
+* :func:`fixed_subset`: the same ``n`` samples of a dataset on every call, for
+  short runs on part of a dataset.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-__all__ = ["ArrayDataset", "resolve_data_dir"]
+__all__ = ["ArrayDataset", "fixed_subset", "resolve_data_dir"]
 
 # The repository root when the package is used from a clone or an editable
 # install: cait_edu/data/datasets.py -> parents[2].
@@ -106,3 +108,27 @@ class ArrayDataset(Dataset):
         return (f"ArrayDataset(n={len(self)}, image_shape={tuple(self.images.shape[1:])}, "
                 f"classes={len(self.classes)}, source={self.source!r})")
 
+
+# ----------------------------------------------------------------------------
+# Fixed subsets
+# ----------------------------------------------------------------------------
+def fixed_subset(ds: Dataset, n: int | None, what: str) -> Dataset:
+    """The first ``n`` of a fixed random permutation (generator seed 0), in index order.
+
+    The same ``n`` gives the same samples on every call and in every process, so
+    a run on part of a dataset is reproducible. ``n=None`` returns ``ds`` itself.
+    An :class:`ArrayDataset` gives an :class:`ArrayDataset` (same transform);
+    any other dataset gives a ``torch.utils.data.Subset``. ``what`` names the
+    setting in the error message, e.g. ``"train_subset"``.
+
+    Raises:
+        ValueError: ``n`` is larger than the dataset.
+    """
+    if n is None:
+        return ds
+    if n > len(ds):
+        raise ValueError(f"{what}={n} but the dataset has only {len(ds)} images")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    if isinstance(ds, ArrayDataset):
+        return ds.subset(idx)
+    return Subset(ds, idx.tolist())

@@ -1,8 +1,12 @@
 """Datasets stored as class folders of image files (``torchvision.datasets.ImageFolder``).
 
-:func:`load_imagenet`: ImageNet-1k, ``<data_dir>/imagenet/<split>`` or
-``<data_dir>/<split>``, split ``"train"`` or ``"val"``. It checks the layout
-first and raises a ``FileNotFoundError`` that says which layout was expected.
+* :func:`load_imagenet`: ImageNet-1k, ``<data_dir>/imagenet/<split>`` or
+  ``<data_dir>/<split>``, split ``"train"`` or ``"val"``.
+* :func:`load_imagefolder`: any dataset laid out as
+  ``<data_dir>/<split>/<class>/<image>`` (e.g. a small custom dataset).
+
+Both check the layout first and raise a ``FileNotFoundError`` that says which
+layout was expected.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Callable
 
 from .datasets import resolve_data_dir
 
-__all__ = ["load_imagenet"]
+__all__ = ["load_imagefolder", "load_imagenet"]
 
 
 def load_imagenet(split: str, data_dir: str | os.PathLike | None = None, transform: Callable | None = None):
@@ -44,3 +48,32 @@ def load_imagenet(split: str, data_dir: str | os.PathLike | None = None, transfo
     return ImageFolder(str(folder), transform=transform)
 
 
+
+def load_imagefolder(split: str, data_dir: str | os.PathLike | None = None, transform: Callable | None = None):
+    """A split of a generic image-folder dataset, as a ``torchvision.datasets.ImageFolder``.
+
+    Layout rule: the split folder is ``<data_dir>/<split>`` (``data_dir`` as in
+    :func:`resolve_data_dir`), with one sub-folder per class::
+
+        train/<class>/<image>   val/<class>/<image>   ...
+
+    Class indices follow the sorted class-folder names, so ``train`` and ``val``
+    get the same labels only if they hold the same class folders (the caller
+    should compare ``.classes``). Images are PIL; the transforms of
+    :func:`build_transform` accept them.
+
+    Raises:
+        FileNotFoundError: the split folder does not exist, or it has no class
+            folders or no valid image files; the message states the layout.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = resolve_data_dir(data_dir)
+    folder = root / split
+    layout = f"expected <data_dir>/train/<class>/<image> and <data_dir>/val/<class>/<image> with data_dir={root}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder split {split!r} not found: {folder} does not exist; {layout}")
+    try:
+        return ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:  # no class folders / no valid images
+        raise FileNotFoundError(f"{folder}: {e}; {layout}") from None
