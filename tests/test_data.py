@@ -368,6 +368,27 @@ def test_sampler_resume_skips_exactly_k_batches():
     assert t.state_dict() == state and list(t) == full[7:]
 
 
+def test_sampler_start_batch_holds_for_every_iter_of_its_epoch():
+    """The resume offset is not consumed by iterating: every iter() of the epoch skips the same
+    batches, until set_epoch selects a *different* epoch (then it is 0 and stays 0)."""
+    s = D.EpochSampler(40, batch_size=4, seed=5)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_start_batch(3)
+    for _ in range(3):
+        assert list(s) == full[3:]
+    s.set_epoch(2)  # re-selecting the current epoch keeps the offset
+    assert list(s) == full[3:] and s.state_dict() == {"epoch": 2, "start_batch": 3}
+    # make_loader with workers: torch calls iter() on the batch sampler more than once at start
+    indices = [y.tolist() for _, y in D.make_loader(NoisyDataset(40), s, num_workers=2)]
+    assert indices == [[i for i, _ in b] for b in full[3:]]
+    assert list(s) == full[3:]  # still there after a whole loader pass
+    s.set_epoch(3)
+    assert s.start_batch == 0 and len(list(s)) == len(full)
+    s.set_epoch(2)  # coming back does not restore the old offset
+    assert list(s) == full
+
+
 def test_sampler_two_ranks_partition_the_epoch():
     n = 30
     ranks = [D.EpochSampler(n, batch_size=5, seed=0, num_replicas=2, rank=r) for r in range(2)]

@@ -66,9 +66,10 @@ class EpochSampler(Sampler):
     that sample's augmentation (see :class:`SeededDataset`) whatever process
     loads it.
 
-    Mid-epoch resume: ``set_start_batch(k)`` makes the next ``iter()`` skip the
-    first ``k`` batches of the current epoch; it is consumed (reset to 0) by
-    that ``iter()`` call, so later epochs start from batch 0.
+    Mid-epoch resume: after ``set_start_batch(k)`` every ``iter()`` skips the
+    first ``k`` batches of the current epoch; iterating does not consume the
+    offset. It lasts until :meth:`set_epoch` selects a different epoch, which
+    resets it to 0 (``set_epoch`` with the current epoch keeps it).
     """
 
     def __init__(self, dataset_len: int, *, batch_size: int, seed: int, shuffle: bool = True,
@@ -92,7 +93,11 @@ class EpochSampler(Sampler):
             self.num_samples = self.num_samples // batch_size * batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields (a new epoch starts at batch 0)."""
+        """Select the epoch whose order iterations yield.
+
+        A different epoch than the current one resets the start batch to 0; the
+        current epoch keeps it. Returning to an epoch later does not restore it.
+        """
         if epoch != self.epoch:
             self.start_batch = 0
         self.epoch = epoch
@@ -100,8 +105,11 @@ class EpochSampler(Sampler):
     def set_start_batch(self, k: int) -> None:
         """Skip the first ``k`` batches of the current epoch (mid-epoch resume).
 
-        The offset holds for every iteration of this epoch until :meth:`set_epoch` selects another
-        one: a ``DataLoader`` with worker processes calls ``iter()`` on its sampler more than once.
+        The offset applies to every ``iter()`` of this epoch, not only the next
+        one, until :meth:`set_epoch` selects a different epoch. This matters
+        because a ``DataLoader`` with worker processes calls ``iter()`` on its
+        batch sampler more than once when it starts (twice, as of torch 2.14), and
+        each call must skip the same batches.
         """
         if not 0 <= k <= len(self):
             raise ValueError(f"start batch must be in [0, {len(self)}], got {k}")
@@ -135,7 +143,7 @@ class EpochSampler(Sampler):
         return list(zip(order[positions].tolist(), seeds.tolist()))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        start = self.start_batch  # kept for this epoch (DataLoader may call iter() twice)
+        start = self.start_batch  # not reset here: it holds for every iter() of this epoch
         samples = self.epoch_samples()
         bs = self.batch_size
         batches = [samples[i:i + bs] for i in range(0, len(samples), bs)]
@@ -177,8 +185,8 @@ def make_loader(dataset: Dataset, sampler: EpochSampler, *, num_workers: int = 0
     """``DataLoader`` over ``SeededDataset(dataset)`` driven by an :class:`EpochSampler`.
 
     Call ``sampler.set_epoch(e)`` (and, to resume, ``sampler.set_start_batch(k)``)
-    before iterating. Workers are not persistent, so each epoch's iteration
-    re-reads the sampler's state.
+    before iterating; the offset holds for every iteration of epoch ``e``.
+    Workers are not persistent, so each iteration re-reads the sampler's state.
     """
     return DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=False)
