@@ -443,11 +443,12 @@ def test_loader_identical_across_worker_counts_with_real_transform():
 
     a, b = run(0), run(2)
     assert len(a) == len(b) == 6
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     for workers in (0, 2):  # with workers, DataLoader calls iter() on the sampler twice
         tail = run(workers, start=4)
-        assert all(torch.equal(x, xa) for (x, _), (xa, _) in zip(tail, a[4:])) and len(tail) == 2
+        assert len(tail) == 2
+        assert all(torch.equal(x, xa) for (x, _), (xa, _) in zip(tail, a[4:], strict=True))
     other = run(0, epoch=1)
     assert not torch.equal(other[0][0], a[0][0])
 
@@ -456,4 +457,5 @@ def test_loader_with_python_random_dataset_and_two_workers():
     s = D.EpochSampler(12, batch_size=3, seed=2)
     a = [x for x, _ in D.make_loader(NoisyDataset(12), s, num_workers=0)]
     b = [x for x, _ in D.make_loader(NoisyDataset(12), s, num_workers=2)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 4
+    assert len(a) == len(b) == 4  # zip alone would hide a loader that yields fewer batches
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
