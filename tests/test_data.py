@@ -417,6 +417,47 @@ def test_sampler_repeated_augmentation():
         assert len({i for i, _ in got[r]}) == n // R
 
 
+# (n, world size R, batches per rank with drop_last, without): batch_size 5, repeats 3.
+# Each rank keeps n // R samples (DeiT's rule); drop_last rounds that down to whole batches.
+RA_CASES = [(24, 1, 4, 5), (24, 2, 2, 3), (24, 3, 1, 2), (24, 4, 1, 2),
+            (25, 1, 5, 5), (25, 2, 2, 3), (25, 4, 1, 2)]
+
+
+@pytest.mark.parametrize("n,R,batches_drop,batches_keep", RA_CASES)
+def test_sampler_repeated_augmentation_any_world_size(n, R, batches_drop, batches_keep):
+    repeats, bs = 3, 5
+    for drop_last, n_batches in ((True, batches_drop), (False, batches_keep)):
+        ranks = [D.EpochSampler(n, batch_size=bs, seed=9, num_replicas=R, rank=r, repeats=repeats,
+                                drop_last=drop_last) for r in range(R)]
+        for s in ranks:
+            s.set_epoch(1)
+        batches = [list(s) for s in ranks]
+        assert [len(b) for b in batches] == [len(s) for s in ranks] == [n_batches] * R
+        per_rank = n // R if not drop_last else n // R // bs * bs
+        assert all(len(_flat(b)) == per_rank and all(len(x) <= bs for x in b) for b in batches)
+    # Without drop_last the ranks together hold the first R * (n // R) places of the global order,
+    # where each image sits `repeats` times in a row. So every image drawn this epoch appears
+    # exactly `repeats` times across ranks, except at most one whose copies the epoch end cuts;
+    # about n / repeats distinct images are drawn (the epoch is as long as without repeats).
+    got = [_flat(b) for b in batches]
+    where: dict[int, list[int]] = {}  # image -> rank of each of its copies
+    for r, samples in enumerate(got):
+        for i, _ in samples:
+            where.setdefault(i, []).append(r)
+    counts = sorted(len(v) for v in where.values())
+    assert sum(counts) == R * (n // R)
+    assert counts[1:] == [repeats] * (len(counts) - 1) and 1 <= counts[0] <= repeats
+    assert len(where) == -(-R * (n // R) // repeats)
+    # Consecutive places go to consecutive ranks: the copies of an image are spread over
+    # min(repeats, R) ranks, no rank holding more than ceil(repeats / R) of them.
+    for rs in where.values():
+        if len(rs) == repeats:
+            assert len(set(rs)) == min(repeats, R)
+            assert max(rs.count(r) for r in rs) == -(-repeats // R)
+    seeds = [seed for samples in got for _, seed in samples]
+    assert len(set(seeds)) == len(seeds)  # every copy gets its own augmentation seed
+
+
 def test_seeded_dataset_fixed_augmentation_and_global_rng_untouched():
     ds = D.SeededDataset(NoisyDataset(10))
     torch.manual_seed(123)
