@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import random
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,9 @@ import torch
 from PIL import Image
 
 from cait_edu import data as D
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_helpers import write_image_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 README_SHA_X_TEST = "6b309d7b8f755aea"  # /work/shared/data/README.md: sha256 of x_test (N, 32, 32, 3)
@@ -166,6 +171,55 @@ def test_load_imagenet_layouts_and_errors(tmp_path):
         D.load_imagenet("test", tmp_path)
 
 
+def test_load_imagefolder_layout_errors(tmp_path):
+    layout = r"expected <data_dir>/train/<class>/<image> and <data_dir>/val/<class>/<image>"
+    with pytest.raises(FileNotFoundError, match=r"image folder split 'train' not found: .* does not exist; " + layout):
+        D.load_imagefolder("train", tmp_path)
+    (tmp_path / "train").mkdir()
+    # torchvision's own reason, prefixed with the folder and followed by the expected layout
+    in_folder = "^" + re.escape(str(tmp_path / "train")) + ": .+; " + layout
+    with pytest.raises(FileNotFoundError, match=in_folder):
+        D.load_imagefolder("train", tmp_path)  # a split folder without class folders
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=in_folder):
+        D.load_imagefolder("train", tmp_path)  # class folders without images
+
+
+def test_load_imagefolder_reads_both_splits(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "imgs", classes=3, per_class=2, size=20)
+    tf = D.build_transform("cifar", train=False, img_size=20)
+    for split in ("train", "val"):
+        ds = D.load_imagefolder(split, root, transform=tf)
+        assert len(ds) == 6 and ds.classes == ["class_0", "class_1", "class_2"]
+        x, y = ds[5]
+        assert x.shape == (3, 20, 20) and x.dtype == torch.float32 and y == 2
+    monkeypatch.setenv("CAIT_EDU_DATA", str(root))  # data_dir=None resolves like the other loaders
+    assert len(D.load_imagefolder("val")) == 6
+
+
+def test_fixed_subset_is_deterministic_and_checks_n(tmp_path):
+    images = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
+    arr = D.ArrayDataset(images, torch.arange(20), [str(k) for k in range(20)], transform=lambda img: img)
+    assert D.fixed_subset(arr, None, "train_subset") is arr
+    a, b = D.fixed_subset(arr, 7, "train_subset"), D.fixed_subset(arr, 7, "train_subset")
+    assert isinstance(a, D.ArrayDataset) and a.transform is arr.transform
+    picked = a.labels.tolist()  # labels are the indices here
+    assert picked == b.labels.tolist() == sorted(picked) and len(set(picked)) == 7
+    # pinned: runs that trained on a subset before keep the same images (generator seed 0)
+    assert picked == [3, 4, 5, 7, 13, 14, 19]
+    assert torch.equal(a.images, images[picked])
+    # the choice depends on n and the dataset length only, not on the global RNG or the dataset type
+    torch.manual_seed(123)
+    folder = D.load_imagefolder("train", write_image_folder(tmp_path / "imgs", classes=4, per_class=5, size=8))
+    sub = D.fixed_subset(folder, 7, "val_subset")
+    assert isinstance(sub, torch.utils.data.Subset) and sub.indices == picked
+    assert [sub[i][1] for i in range(7)] == [folder.targets[i] for i in picked]
+    assert len(D.fixed_subset(arr, 20, "train_subset")) == 20
+    with pytest.raises(ValueError, match=r"^train_subset=21 but the dataset has only 20 images$"):
+        D.fixed_subset(arr, 21, "train_subset")
+
+
 # ----------------------------------------------------------------------------
 # Transforms
 # ----------------------------------------------------------------------------
@@ -314,6 +368,27 @@ def test_sampler_resume_skips_exactly_k_batches():
     assert t.state_dict() == state and list(t) == full[7:]
 
 
+def test_sampler_start_batch_holds_for_every_iter_of_its_epoch():
+    """The resume offset is not consumed by iterating: every iter() of the epoch skips the same
+    batches, until set_epoch selects a *different* epoch (then it is 0 and stays 0)."""
+    s = D.EpochSampler(40, batch_size=4, seed=5)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_start_batch(3)
+    for _ in range(3):
+        assert list(s) == full[3:]
+    s.set_epoch(2)  # re-selecting the current epoch keeps the offset
+    assert list(s) == full[3:] and s.state_dict() == {"epoch": 2, "start_batch": 3}
+    # make_loader with workers: torch calls iter() on the batch sampler more than once at start
+    indices = [y.tolist() for _, y in D.make_loader(NoisyDataset(40), s, num_workers=2)]
+    assert indices == [[i for i, _ in b] for b in full[3:]]
+    assert list(s) == full[3:]  # still there after a whole loader pass
+    s.set_epoch(3)
+    assert s.start_batch == 0 and len(list(s)) == len(full)
+    s.set_epoch(2)  # coming back does not restore the old offset
+    assert list(s) == full
+
+
 def test_sampler_two_ranks_partition_the_epoch():
     n = 30
     ranks = [D.EpochSampler(n, batch_size=5, seed=0, num_replicas=2, rank=r) for r in range(2)]
@@ -342,6 +417,47 @@ def test_sampler_repeated_augmentation():
         assert len({i for i, _ in got[r]}) == n // R
 
 
+# (n, world size R, batches per rank with drop_last, without): batch_size 5, repeats 3.
+# Each rank keeps n // R samples (DeiT's rule); drop_last rounds that down to whole batches.
+RA_CASES = [(24, 1, 4, 5), (24, 2, 2, 3), (24, 3, 1, 2), (24, 4, 1, 2),
+            (25, 1, 5, 5), (25, 2, 2, 3), (25, 4, 1, 2)]
+
+
+@pytest.mark.parametrize("n,R,batches_drop,batches_keep", RA_CASES)
+def test_sampler_repeated_augmentation_any_world_size(n, R, batches_drop, batches_keep):
+    repeats, bs = 3, 5
+    for drop_last, n_batches in ((True, batches_drop), (False, batches_keep)):
+        ranks = [D.EpochSampler(n, batch_size=bs, seed=9, num_replicas=R, rank=r, repeats=repeats,
+                                drop_last=drop_last) for r in range(R)]
+        for s in ranks:
+            s.set_epoch(1)
+        batches = [list(s) for s in ranks]
+        assert [len(b) for b in batches] == [len(s) for s in ranks] == [n_batches] * R
+        per_rank = n // R if not drop_last else n // R // bs * bs
+        assert all(len(_flat(b)) == per_rank and all(len(x) <= bs for x in b) for b in batches)
+    # Without drop_last the ranks together hold the first R * (n // R) places of the global order,
+    # where each image sits `repeats` times in a row. So every image drawn this epoch appears
+    # exactly `repeats` times across ranks, except at most one whose copies the epoch end cuts;
+    # about n / repeats distinct images are drawn (the epoch is as long as without repeats).
+    got = [_flat(b) for b in batches]
+    where: dict[int, list[int]] = {}  # image -> rank of each of its copies
+    for r, samples in enumerate(got):
+        for i, _ in samples:
+            where.setdefault(i, []).append(r)
+    counts = sorted(len(v) for v in where.values())
+    assert sum(counts) == R * (n // R)
+    assert counts[1:] == [repeats] * (len(counts) - 1) and 1 <= counts[0] <= repeats
+    assert len(where) == -(-R * (n // R) // repeats)
+    # Consecutive places go to consecutive ranks: the copies of an image are spread over
+    # min(repeats, R) ranks, no rank holding more than ceil(repeats / R) of them.
+    for rs in where.values():
+        if len(rs) == repeats:
+            assert len(set(rs)) == min(repeats, R)
+            assert max(rs.count(r) for r in rs) == -(-repeats // R)
+    seeds = [seed for samples in got for _, seed in samples]
+    assert len(set(seeds)) == len(seeds)  # every copy gets its own augmentation seed
+
+
 def test_seeded_dataset_fixed_augmentation_and_global_rng_untouched():
     ds = D.SeededDataset(NoisyDataset(10))
     torch.manual_seed(123)
@@ -368,11 +484,12 @@ def test_loader_identical_across_worker_counts_with_real_transform():
 
     a, b = run(0), run(2)
     assert len(a) == len(b) == 6
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     for workers in (0, 2):  # with workers, DataLoader calls iter() on the sampler twice
         tail = run(workers, start=4)
-        assert all(torch.equal(x, xa) for (x, _), (xa, _) in zip(tail, a[4:])) and len(tail) == 2
+        assert len(tail) == 2
+        assert all(torch.equal(x, xa) for (x, _), (xa, _) in zip(tail, a[4:], strict=True))
     other = run(0, epoch=1)
     assert not torch.equal(other[0][0], a[0][0])
 
@@ -381,4 +498,5 @@ def test_loader_with_python_random_dataset_and_two_workers():
     s = D.EpochSampler(12, batch_size=3, seed=2)
     a = [x for x, _ in D.make_loader(NoisyDataset(12), s, num_workers=0)]
     b = [x for x, _ in D.make_loader(NoisyDataset(12), s, num_workers=2)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 4
+    assert len(a) == len(b) == 4  # zip alone would hide a loader that yields fewer batches
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
