@@ -119,8 +119,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"{len(self.train_ds)} training images give no full batch of {cfg.batch_size} "
                               f"({per_rank} per rank x {dd.world}); lower batch_size or use more data")
-        self.seeded_train = D.SeededDataset(self.train_ds)
-        for what, (x, _) in (("train", self.seeded_train[(0, 0)]), ("val", self.val_ds[0])):
+        for what, (x, _) in (("train", D.SeededDataset(self.train_ds)[(0, 0)]), ("val", self.val_ds[0])):
             if tuple(x.shape) != (3, cfg.img_size, cfg.img_size):
                 raise ConfigError(f"{what} images come out of the '{cfg.recipe}' transform as {tuple(x.shape)}, "
                                   f"expected (3, {cfg.img_size}, {cfg.img_size}); recipe 'cifar' does not resize: "
@@ -282,9 +281,8 @@ class Trainer:
         """This rank's batches of ``epoch``, from batch ``start_batch`` on when resuming into it."""
         self.sampler.set_epoch(epoch)
         self.sampler.set_start_batch(self.start_batch if epoch == self.start_epoch else 0)
-        batches = list(iter(self.sampler))  # [[(index, sample_seed), ...], ...], read once
-        return torch.utils.data.DataLoader(self.seeded_train, batch_sampler=batches, num_workers=self.cfg.num_workers,
-                                           pin_memory=self.device.type == "cuda")
+        return D.make_loader(self.train_ds, self.sampler, num_workers=self.cfg.num_workers,
+                             pin_memory=self.device.type == "cuda")
 
     def say(self, msg: str) -> None:
         if not self.dd.main:
