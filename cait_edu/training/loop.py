@@ -32,7 +32,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -86,8 +86,10 @@ def build_datasets(cfg: TrainConfig):
 class Trainer:
     """Everything a run holds. ``setup()`` builds it (or restores it from ``last.pt``); ``fit()`` trains."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, allow_world_size_change: bool = False):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, allow_world_size_change: bool = False,
+                 extra_metrics: Callable[[nn.Module], dict] | None = None):
         self.cfg, self.resume, self.allow_world_size_change = cfg, resume, allow_world_size_change
+        self.extra_metrics = extra_metrics
         self.out = Path(cfg.out)
         self.t0 = time.time()
         self.dd, self.bar = Dist(), None
@@ -219,6 +221,9 @@ class Trainer:
         res = on_val(self.model)
         if self.ema is not None and self.cfg.eval_ema:
             res.update({f"{k}_ema": v for k, v in on_val(self.ema.module).items() if k != "val_samples"})
+        if self.extra_metrics is not None:
+            with torch.no_grad():
+                res.update(self.extra_metrics(self.model))
         rec = {"kind": "eval", "epoch": epoch, "step": self.step, **res}
         self.metrics.write(rec)
         self.last_eval = rec
@@ -370,7 +375,7 @@ class Trainer:
 
 
 def train(config: TrainConfig | str, *, resume: bool = False, allow_world_size_change: bool = False,
-          **overrides: Any) -> dict:
+          extra_metrics: Callable[[nn.Module], dict] | None = None, **overrides: Any) -> dict:
     """Train (or, with ``resume=True``, continue) a run; return its final metrics.
 
     ``config`` is a :class:`~cait_edu.training.config.TrainConfig` or a preset name; ``overrides``
@@ -378,6 +383,9 @@ def train(config: TrainConfig | str, *, resume: bool = False, allow_world_size_c
     for a bad config, ``FileNotFoundError`` for missing data (both before any training work) and
     :class:`DivergenceError` on a non-finite loss or gradient. ``allow_world_size_change`` lets a
     run continue on another number of processes (see :func:`~cait_edu.training.validate.check_resume`).
+    ``extra_metrics(model)`` is called with the live model (under ``no_grad``) at every evaluation;
+    the JSON-able dict it returns joins that evaluation's line in ``metrics.jsonl`` (e.g. the
+    LayerScale gammas per layer, for a chapter to plot).
 
     Returns a dict with ``step``, ``epoch``, ``train_loss`` (last step), ``val_loss``,
     ``val_top1``, ``val_top5`` (percent, on the final weights), ``best_top1``, ``best_epoch``,
@@ -388,7 +396,8 @@ def train(config: TrainConfig | str, *, resume: bool = False, allow_world_size_c
     elif overrides:
         config = replace_checked(config, overrides)
     cfg = validate_config(config)
-    trainer = Trainer(cfg, resume=resume, allow_world_size_change=allow_world_size_change)
+    trainer = Trainer(cfg, resume=resume, allow_world_size_change=allow_world_size_change,
+                      extra_metrics=extra_metrics)
     threads = torch.get_num_threads()
     try:
         if cfg.threads is not None:

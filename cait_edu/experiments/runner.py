@@ -1,0 +1,238 @@
+"""Run a named experiment (a list of training runs) and keep its results in one small JSON file.
+
+Experiments are code and results are data: an :class:`Experiment` names its runs (each a set of
+:class:`~cait_edu.training.config.TrainConfig` overrides plus the labels a chapter groups them by);
+:func:`run_experiment` trains them one after the other with :func:`cait_edu.train.train` and writes
+``data/results/<name>.json``:
+
+* the command, the git commit, the machine (CPU model, cores, threads, torch version), whether
+  the experiment is complete, and the summed wall time of its runs;
+* per run: its full config and seed, final and best test top-1, the curves (training loss, test
+  loss and top-1 per evaluation), a status (``ok``, ``diverged``, ``stalled``) and whatever the
+  experiment measures at each evaluation (e.g. LayerScale's gammas per layer).
+
+It is **resumable across sessions**: a finished run is written to the file the moment it ends, and
+re-running the same command skips finished runs and continues an interrupted one from its last
+checkpoint (its run directory under ``runs/experiments/``). A run's wall time is the sum of its
+pieces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..training.config import DivergenceError, make_config
+from ..training.loop import train
+from ..training.metrics import finite_or_none
+from ..training.validate import validate_config
+
+__all__ = ["RunSpec", "Experiment", "run_experiment", "machine_info", "git_commit", "STALLED_BELOW"]
+
+REPO = Path(__file__).resolve().parents[2]
+STALLED_BELOW = 15.0
+"""A run whose final top-1 (in %) on a 10-class problem stays below this has learned next to
+nothing (chance is 10%); it is flagged ``stalled``."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an experiment: a unique ``id``, the config overrides, the labels to plot by."""
+
+    id: str
+    config: dict
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named list of runs. ``runs(quick, seeds)`` builds them: ``quick`` is a seconds-long
+    version of the same experiment (the tests run it), ``seeds`` the number of seeds per setting.
+    ``extra_metrics(model) -> dict`` is recorded at every evaluation of every run."""
+
+    name: str
+    doc: str
+    runs: Callable[[bool, int], list[RunSpec]]
+    extra_metrics: Callable[[nn.Module], dict] | None = None
+    default_seeds: int = 2
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with ``+dirty`` if files differ from it), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+def machine_info() -> dict:
+    """CPU model, cores, torch threads, GPU (if any), torch and Python versions."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(finite_or_none(obj), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _curves(out: Path) -> tuple[dict, list[dict]]:
+    """Per-evaluation curves and extra measurements from a run's ``metrics.jsonl``."""
+    curves = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_top1": []}
+    extras, losses = [], []
+    standard = {"kind", "epoch", "step", "val_loss", "val_top1", "val_top5", "val_samples"}
+    path = out / "metrics.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            losses.append(rec["loss"])
+        elif rec["kind"] == "eval":
+            for k in ("epoch", "step", "val_loss", "val_top1"):
+                curves[k].append(rec[k])
+            curves["train_loss"].append(sum(losses) / len(losses) if losses else None)  # mean since last eval
+            losses = []
+            extra = {k: v for k, v in rec.items() if k not in standard}
+            if extra:
+                extras.append({"epoch": rec["epoch"], **extra})
+    return curves, extras
+
+
+class _Clock:
+    """Wall time of a run summed over its pieces (sessions), kept in its run directory and updated
+    at every evaluation, so a killed piece loses at most the time since its last evaluation."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "clock.json"
+        self.before = json.loads(self.path.read_text())["seconds"] if self.path.exists() else 0.0
+        self.start = time.time()
+
+    def total(self) -> float:
+        return self.before + time.time() - self.start
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(self.path, {"seconds": self.total()})
+
+
+def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | None, say) -> dict:
+    """Train (or continue) one run and summarise it."""
+    resume = (run_dir / "last.pt").is_file()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to continue
+    clock = _Clock(run_dir)
+    cfg = make_config(**{**spec.config, "out": str(run_dir), "progress": False,
+                         **({"data_dir": data_dir} if data_dir else {})})
+
+    def measure(model: nn.Module) -> dict:
+        clock.save()
+        return exp.extra_metrics(model) if exp.extra_metrics is not None else {}
+
+    say(f"[{exp.name}] {spec.id}: {'continuing' if resume else 'starting'}")
+    status, diverged_at, result = "ok", None, {}
+    try:
+        result = train(cfg, resume=resume, extra_metrics=measure)
+    except DivergenceError as e:
+        status = "diverged"
+        diverged_at = str(e).split(" at ", 1)[-1].split(";", 1)[0]
+    curves, extras = _curves(run_dir)
+    final = curves["val_top1"][-1] if curves["val_top1"] else None
+    if status == "ok" and (final is None or final < STALLED_BELOW):
+        status = "stalled"
+    record = {
+        "id": spec.id, "labels": spec.labels, "seed": cfg.seed,
+        "config": json.loads(json.dumps(dataclasses.asdict(validate_config(cfg)))),
+        "status": status, "diverged_at": diverged_at,
+        "final_top1": final, "best_top1": max(curves["val_top1"]) if curves["val_top1"] else None,
+        "final_val_loss": curves["val_loss"][-1] if curves["val_loss"] else None,
+        "steps": result.get("step"), "curves": curves, "extra": extras,
+        "wall_time_s": round(clock.total(), 1), "git_commit": git_commit(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for k in ("out", "data_dir"):
+        record["config"].pop(k, None)  # machine-specific paths
+    say(f"[{exp.name}] {spec.id}: {status}, final top-1 {final if final is None else round(final, 2)}%, "
+        f"{record['wall_time_s']:.0f} s")
+    return record
+
+
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = None,
+                   results_dir: str | Path | None = None, runs_dir: str | Path | None = None,
+                   data_dir: str | None = None, command: str | None = None, max_runs: int | None = None,
+                   say: Callable[[str], None] = print) -> dict:
+    """Run every run of ``exp`` not yet in its result file; return the result file's contents.
+
+    ``results_dir`` defaults to the repository's ``data/results`` (quick runs write
+    ``<name>.quick.json``), ``runs_dir`` to ``runs/experiments`` (checkpoints, git-ignored).
+    ``max_runs`` stops after that many runs (to fit a session). A run already in the file whose
+    config no longer matches the experiment's definition is run again.
+    """
+    seeds = exp.default_seeds if seeds is None else seeds
+    specs = exp.runs(quick, seeds)
+    ids = [s.id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"experiment {exp.name} has duplicate run ids")
+    results_dir = Path(results_dir) if results_dir is not None else REPO / "data" / "results"
+    runs_dir = Path(runs_dir) if runs_dir is not None else REPO / "runs" / "experiments"
+    path = results_dir / f"{exp.name}{'.quick' if quick else ''}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    done = {rid: rec for rid, rec in old.get("runs", {}).items() if rid in ids}
+    results = {
+        "experiment": exp.name, "doc": exp.doc, "quick": quick, "seeds": seeds,
+        "command": command or " ".join(["python -m cait_edu.experiments", exp.name]
+                                       + (["--quick"] if quick else []) + [f"--seeds {seeds}"]),
+        "machine": machine_info(), "planned_runs": ids, "runs": done,
+    }
+    todo = [s for s in specs if s.id not in done
+            or _config_key(done[s.id]["config"]) != _config_key(_resolved(s))]
+    for n, spec in enumerate(todo):
+        if max_runs is not None and n >= max_runs:
+            break
+        results["runs"][spec.id] = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, say)
+        _finish(results, path)
+    return _finish(results, path)
+
+
+def _resolved(spec: RunSpec) -> dict:
+    cfg = json.loads(json.dumps(dataclasses.asdict(validate_config(make_config(**spec.config)))))
+    for k in ("out", "data_dir", "progress"):
+        cfg.pop(k, None)
+    return cfg
+
+
+def _finish(results: dict, path: Path) -> dict:
+    runs = results["runs"]
+    results["runs"] = {rid: runs[rid] for rid in results["planned_runs"] if rid in runs}  # planned order
+    results["complete"] = len(results["runs"]) == len(results["planned_runs"])
+    results["wall_time_s"] = round(sum(r["wall_time_s"] for r in results["runs"].values()), 1)
+    results["git_commit"] = git_commit()
+    _write_json(path, results)
+    return results

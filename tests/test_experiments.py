@@ -1,0 +1,145 @@
+"""The experiment runner: a quick experiment end to end, skipping finished runs, continuing an
+interrupted run from its checkpoint, recording a diverged run, and the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cait_edu.experiments import EXPERIMENTS, Experiment, RunSpec, run_experiment
+from cait_edu.experiments import runner
+from cait_edu.train import make_config, train, validate_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_helpers import REPO, env, write_fake_cifar  # noqa: E402
+
+EXP = EXPERIMENTS["layerscale_depth"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("fakecifar"), n_train=256, n_test=64)
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory, fake_data):
+    root = tmp_path_factory.mktemp("exp")
+    res = run_experiment(EXP, quick=True, seeds=1, results_dir=root / "results", runs_dir=root / "runs",
+                         data_dir=str(fake_data), say=lambda m: None)
+    return root, res
+
+
+def test_quick_experiment_writes_a_complete_result_file(quick_result):
+    root, res = quick_result
+    on_disk = json.loads((root / "results" / "layerscale_depth.quick.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert on_disk["complete"] and on_disk["quick"] and on_disk["seeds"] == 1
+    assert on_disk["command"] == "python -m cait_edu.experiments layerscale_depth --quick --seeds 1"
+    assert {"cpu", "cores", "torch_threads", "torch"} <= set(on_disk["machine"])
+    assert len(on_disk["git_commit"]) >= 7
+    assert list(on_disk["runs"]) == on_disk["planned_runs"] and len(on_disk["runs"]) == 4
+    for rec in on_disk["runs"].values():
+        depth = rec["labels"]["depth"]
+        assert rec["config"]["model_kwargs"]["depth"] == depth and rec["seed"] == rec["labels"]["seed"]
+        assert rec["status"] in ("ok", "stalled") and rec["steps"] == 4
+        assert rec["final_top1"] == rec["curves"]["val_top1"][-1] and rec["best_top1"] >= rec["final_top1"]
+        assert len(rec["curves"]["epoch"]) == len(rec["curves"]["train_loss"]) == 1
+        gam = rec["extra"][-1]
+        if rec["labels"]["scheme"] == "layerscale":
+            assert len(gam["gamma_attn"]) == depth and all(g > 0 for g in gam["gamma_attn"])
+        else:
+            assert gam["gamma_attn"] == [None] * depth  # the plain ViT has no scales
+        assert rec["wall_time_s"] > 0
+    assert on_disk["wall_time_s"] == pytest.approx(sum(r["wall_time_s"] for r in on_disk["runs"].values()), abs=0.5)
+
+
+def test_rerun_skips_finished_runs(quick_result, monkeypatch):
+    root, res = quick_result
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    again = run_experiment(EXP, quick=True, seeds=1, results_dir=root / "results", runs_dir=root / "runs",
+                           say=lambda m: None)
+    assert again["runs"] == res["runs"] and again["complete"]
+
+
+def test_interrupted_run_continues_from_its_checkpoint(quick_result, tmp_path, fake_data, monkeypatch):
+    _, res = quick_result
+    spec = EXP.runs(True, 1)[3]
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    # The first three runs are finished (copied); the fourth was killed after its step-2 checkpoint.
+    partial = {**res, "runs": {k: v for k, v in res["runs"].items() if k != spec.id}, "complete": False}
+    results.mkdir()
+    (results / "layerscale_depth.quick.json").write_text(json.dumps(partial))
+    run_dir = runs / "layerscale_depth" / spec.id
+    train(make_config(**{**spec.config, "out": str(run_dir), "data_dir": str(fake_data), "max_steps": 2}))
+    calls = []
+    real = runner.train
+
+    def spy(cfg, **kw):
+        calls.append(kw["resume"])
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(runner, "train", spy)
+    done = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=runs, data_dir=str(fake_data),
+                          say=lambda m: None)
+    assert calls == [True] and done["complete"]
+    ours, ref = done["runs"][spec.id], res["runs"][spec.id]
+    assert ours["curves"]["train_loss"] == ref["curves"]["train_loss"]  # exactly the uninterrupted run
+    assert ours["final_top1"] == ref["final_top1"] and ours["extra"][-1] == ref["extra"][-1]
+
+
+def test_a_changed_definition_reruns_the_run(quick_result, tmp_path, fake_data):
+    _, res = quick_result
+    results = tmp_path / "results"
+    results.mkdir()
+    stale = json.loads(json.dumps(res))
+    first = next(iter(stale["runs"]))
+    stale["runs"][first]["config"]["lr"] = 123.0  # recorded with another lr than the definition's
+    (results / "layerscale_depth.quick.json").write_text(json.dumps(stale))
+    done = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=tmp_path / "runs",
+                          data_dir=str(fake_data), max_runs=1, say=lambda m: None)
+    assert done["runs"][first]["config"]["lr"] == res["runs"][first]["config"]["lr"]
+
+
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, fake_data):
+    base = dict(EXP.runs(True, 1)[0].config)
+    exp = Experiment("boom", "one diverging run, one normal", lambda quick, seeds: [
+        RunSpec("hot", {**base, "lr": 1e30, "warmup_epochs": 0.0, "min_lr": 0.0}, {"lr": 1e30}),
+        RunSpec("fine", base, {"lr": base["lr"]})])
+    res = run_experiment(exp, quick=True, seeds=1, results_dir=tmp_path, runs_dir=tmp_path / "runs",
+                         data_dir=str(fake_data), say=lambda m: None)
+    hot, fine = res["runs"]["hot"], res["runs"]["fine"]
+    assert hot["status"] == "diverged" and hot["diverged_at"].startswith("step ")
+    assert fine["status"] in ("ok", "stalled") and res["complete"]
+
+
+def test_full_grid_is_valid_and_as_documented():
+    runs = EXP.runs(False, 2)
+    assert len(runs) == 8 * 3 * 2 * 2
+    labels = {(r.labels["scheme"], r.labels["depth"], r.labels["lr"]) for r in runs}
+    assert len(labels) == 8 * 3 * 2
+    for r in runs[:: len(runs) // 12]:  # a sample: each builds a valid config
+        validate_config(make_config(**r.config))
+
+
+def test_cli_lists_and_refuses_unknown_names():
+    cmd = [sys.executable, "-m", "cait_edu.experiments"]
+    r = subprocess.run(cmd + ["--list"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "layerscale_depth:" in r.stdout
+    r = subprocess.run(cmd + ["nope"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
