@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import Block, ClassAttentionBlock, drop_path_rates, layerscale_init_for_depth
+from .blocks import Block, ClassAttentionBlock, drop_path_rates, init_residual_scheme, layerscale_init_for_depth
 from .layers import Attention, PatchEmbed, TalkingHeadsAttention
 
 __all__ = ["ViT", "CaiT", "init_weights"]
@@ -71,8 +71,13 @@ class ViT(_VisionTransformerBase):
 
     ``x0 = [cls, patches] + pos_embed`` (pos_embed of shape ``(1, 1 + N, dim)``), then ``depth``
     :class:`~cait_edu.blocks.Block` s with plain attention, a final LayerNorm, and a linear head on
-    the class token. ``residual_scale``/``init_scale``/``norm`` expose the residual-scaling variants
-    of CaiT Fig. 3 (e.g. ``residual_scale="layerscale"`` gives DeiT + LayerScale, Table 1).
+    the class token. ``residual_scale``/``init_scale``/``norm`` select the residual scheme of
+    CaiT Fig. 3 (``"none"``, ``"rezero"``, ``"fixup"``, ``"tfixup"``, ``"scalar"``,
+    ``"layerscale"``; see :mod:`cait_edu.blocks`), e.g. ``residual_scale="layerscale"`` gives
+    DeiT + LayerScale (Table 1). ``init_scale=None`` applies the paper's rule by depth
+    (:func:`~cait_edu.blocks.layerscale_init_for_depth`); ``norm=None`` the scheme's default.
+    The depth-dependent initialisation of Fixup/T-Fixup is applied after the default one
+    (:func:`~cait_edu.blocks.init_residual_scheme`); Fixup also zeroes the head.
     Stochastic depth ramps linearly from 0 to ``drop_path_rate`` over the blocks, as in DeiT
     (``drop_path_schedule="uniform"`` gives every block the same rate, as CaiT does).
     """
@@ -93,7 +98,7 @@ class ViT(_VisionTransformerBase):
         drop_path_rate: float = 0.0,
         residual_scale: str = "none",
         init_scale: float | None = None,
-        norm: bool = True,
+        norm: bool | None = None,
         drop_path_schedule: str = "linear",
     ):
         super().__init__()
@@ -106,6 +111,7 @@ class ViT(_VisionTransformerBase):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, dim))
         self.pos_drop = nn.Dropout(drop_rate)
         init_scale = layerscale_init_for_depth(depth) if init_scale is None else init_scale
+        self.init_scale = init_scale
         self.blocks = nn.ModuleList(
             Block(
                 dim, num_heads, mlp_ratio, qkv_bias, attn_layer=Attention,
@@ -118,6 +124,7 @@ class ViT(_VisionTransformerBase):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self._finish_init()
+        init_residual_scheme(self.blocks, self.head)  # after the default init, which would undo it
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, dim)`` (class token first)."""
@@ -143,6 +150,9 @@ class CaiT(_VisionTransformerBase):
 
     ``init_scale=None`` applies the paper's rule by depth (:func:`layerscale_init_for_depth`);
     the released models pass their own value (see :mod:`cait_edu.registry`).
+    ``residual_scale``/``norm`` switch the self-attention stage to another residual scheme of
+    Fig. 3 (see :mod:`cait_edu.blocks`; Fixup also zeroes the head); the class-attention stage keeps
+    LayerScale with ``init_scale`` whatever the scheme.
     ``talking_heads=False`` swaps in plain attention (the ablation of Sec. 4).
     """
 
@@ -165,6 +175,7 @@ class CaiT(_VisionTransformerBase):
         residual_scale: str = "layerscale",
         talking_heads: bool = True,
         drop_path_schedule: str = "uniform",
+        norm: bool | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -181,19 +192,20 @@ class CaiT(_VisionTransformerBase):
         self.blocks = nn.ModuleList(
             Block(
                 dim, num_heads, mlp_ratio, qkv_bias, attn_layer=attn_layer,
-                residual_scale=residual_scale, init_scale=init_scale,
+                residual_scale=residual_scale, init_scale=init_scale, norm=norm,
                 drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr,
             )
             for dpr in drop_path_rates(drop_path_rate, depth, drop_path_schedule)
         )
         self.blocks_token_only = nn.ModuleList(
-            ClassAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias, residual_scale=residual_scale, init_scale=init_scale)
+            ClassAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias, residual_scale="layerscale", init_scale=init_scale)
             for _ in range(depth_token_only)
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Identity()  # CaiT applies no dropout before the head
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self._finish_init()
+        init_residual_scheme(self.blocks, self.head)  # after the default init, which would undo it
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, dim)`` (class token first)."""
