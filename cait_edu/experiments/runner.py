@@ -165,7 +165,7 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
         status = "stalled"
     record = {
         "id": spec.id, "labels": spec.labels, "seed": cfg.seed,
-        "config": json.loads(json.dumps(dataclasses.asdict(validate_config(cfg)))),
+        "config": _portable(cfg),
         "status": status, "diverged_at": diverged_at,
         "final_top1": final, "best_top1": max(curves["val_top1"]) if curves["val_top1"] else None,
         "final_val_loss": curves["val_loss"][-1] if curves["val_loss"] else None,
@@ -173,8 +173,6 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
         "wall_time_s": round(clock.total(), 1), "git_commit": git_commit(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for k in ("out", "data_dir"):
-        record["config"].pop(k, None)  # machine-specific paths
     say(f"[{exp.name}] {spec.id}: {status}, final top-1 {final if final is None else round(final, 2)}%, "
         f"{record['wall_time_s']:.0f} s")
     return record
@@ -221,11 +219,16 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     return _finish(results, path)
 
 
-def _resolved(spec: RunSpec) -> dict:
-    cfg = json.loads(json.dumps(dataclasses.asdict(validate_config(make_config(**spec.config)))))
+def _portable(cfg) -> dict:
+    """A run's resolved config as JSON, without what depends on the machine (paths, progress bar)."""
+    d = json.loads(json.dumps(dataclasses.asdict(validate_config(cfg))))
     for k in ("out", "data_dir", "progress"):
-        cfg.pop(k, None)
-    return cfg
+        d.pop(k, None)
+    return d
+
+
+def _resolved(spec: RunSpec) -> dict:
+    return _portable(make_config(**spec.config))
 
 
 def _finish(results: dict, path: Path) -> dict:
