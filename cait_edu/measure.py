@@ -24,14 +24,17 @@ def count_macs(model: nn.Module, img_size: int | None = None, in_chans: int = 3)
     """Multiply-accumulates of one forward pass on one ``img_size`` image (the paper's "FLOPs").
 
     Runs the model once on zeros with gradients disabled through ``requires_grad_(False)``
-    (``FlopCounterMode`` fails on CaiT under ``torch.no_grad()``), then restores the flags.
+    (``FlopCounterMode`` fails on CaiT under ``torch.no_grad()``), then restores the flags. The
+    input is made on the device and in the dtype of the model's parameters, so a model on a GPU
+    (or on ``meta``: the counter needs only shapes) or in half precision is counted as it is.
     """
     size = img_size or model.patch_embed.img_size
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     model.eval().requires_grad_(False)
     try:
-        x = torch.zeros(1, in_chans, size, size)
+        first = next(model.parameters())
+        x = torch.zeros(1, in_chans, size, size, device=first.device, dtype=first.dtype)
         # FlopCounterMode does not see the fused CPU attention kernel: count the math path instead
         with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
             model(x)

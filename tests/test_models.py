@@ -307,3 +307,13 @@ def test_count_macs_counts_attention_products():
     patch = 64 * (3 * 4 * 4) * d
     expected = L * (12 * N * d * d + 2 * N * N * d) + patch + d * 10
     assert cait_edu.count_macs(m) == expected
+
+
+@pytest.mark.parametrize("name", ["deit_cifar_tiny", "cait_cifar_nano"])
+def test_count_macs_builds_its_input_on_the_models_device_and_dtype(name):
+    """A model on another device (``meta``: FlopCounterMode counts shapes, no data needed) or in
+    another dtype is counted like the CPU fp32 model, instead of failing on a CPU fp32 input."""
+    m = cait_edu.create_model(name)
+    expected = cait_edu.count_macs(m)
+    assert cait_edu.count_macs(m.double()) == expected
+    assert cait_edu.count_macs(m.to("meta")) == expected
