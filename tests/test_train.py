@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import cait_edu.train as T
 from cait_edu import data as D
-from cait_edu.training import hardware, loop
+from cait_edu.training import loop
 from cait_edu.presets import PRESETS
 from cait_edu.registry import create_model
 

@@ -9,6 +9,7 @@
 ``ema``            exponential moving average of the weights
 ``checkpoints``    atomic checkpoint files and the start-or-resume decision
 ``metrics``        ``metrics.jsonl`` (strict JSON)
+``datasets``       the train/val datasets a config asks for
 ``evaluate``       loss / top-1 / top-5 on a validation set, sharded over ranks
 ``loop``           :class:`Trainer` and :func:`train`: the loop itself
 ``cli``            ``python -m cait_edu.train``
