@@ -264,7 +264,7 @@ def test_initialisation_follows_the_released_code():
 
 
 def test_residual_scaling_options():
-    """The block option that later chapters sweep: none / scalar (ReZero) / layerscale."""
+    """The block option that later chapters sweep (the other schemes: tests/test_residual_schemes.py)."""
     x = torch.randn(2, 5, 16)
     for kind, shape in [("none", None), ("scalar", (1,)), ("layerscale", (16,))]:
         blk = Block(16, 4, residual_scale=kind, init_scale=0.0)
