@@ -133,9 +133,9 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, fake_data):
 
 def test_full_grid_is_valid_and_as_documented():
     runs = EXP.runs(False, 2)
-    assert len(runs) == 6 * 3 * 2 * 2
+    assert len(runs) == 6 * 3 * 3 * 2
     labels = {(r.labels["scheme"], r.labels["depth"], r.labels["lr"]) for r in runs}
-    assert len(labels) == 6 * 3 * 2
+    assert len(labels) == 6 * 3 * 3
     for r in runs[:: len(runs) // 12]:  # a sample: each builds a valid config
         validate_config(make_config(**r.config))
 
