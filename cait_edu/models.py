@@ -154,6 +154,14 @@ class CaiT(_VisionTransformerBase):
     Fig. 3 (see :mod:`cait_edu.blocks`; Fixup also zeroes the head); the class-attention stage keeps
     LayerScale with ``init_scale`` whatever the scheme.
     ``talking_heads=False`` swaps in plain attention (the ablation of Sec. 4).
+
+    Where the class token joins (the ablation of Sec. 4 / Table 3): ``class_token_layer=k`` inserts
+    it before self-attention block ``k``, so blocks ``k .. depth-1`` process it together with the
+    patches as ordinary self-attention layers; ``0`` is ViT's choice (from the start), ``depth``
+    (the default, None) is CaiT's (after the self-attention stage). ``depth_token_only`` sets the
+    number of class-attention layers that follow (0, 1, 2, ...). Inserted late or early, the class
+    token gets no position embedding. A class token that joins after the last self-attention block
+    with no class-attention layer would never see the patches, and is refused.
     """
 
     def __init__(
@@ -176,8 +184,16 @@ class CaiT(_VisionTransformerBase):
         talking_heads: bool = True,
         drop_path_schedule: str = "uniform",
         norm: bool | None = None,
+        class_token_layer: int | None = None,
     ):
         super().__init__()
+        class_token_layer = depth if class_token_layer is None else class_token_layer
+        if not 0 <= class_token_layer <= depth:
+            raise ValueError(f"class_token_layer must be in [0, depth={depth}], got {class_token_layer}")
+        if class_token_layer == depth and depth_token_only < 1:
+            raise ValueError("with class_token_layer=depth the class token joins after the last self-attention "
+                             "block, so it needs at least one class-attention layer (depth_token_only >= 1)")
+        self.class_token_layer = class_token_layer
         self.num_classes = num_classes
         self.dim = dim
         self.depth = depth
@@ -211,9 +227,15 @@ class CaiT(_VisionTransformerBase):
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, 1 + N, dim)`` (class token first)."""
         self.patch_embed.check_input(x)
         x = self.pos_drop(self.patch_embed(x) + self.pos_embed)  # (B, N, dim)
-        for blk in self.blocks:  # self-attention stage: patches only
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim), no position embedding
+        k = self.class_token_layer
+        for blk in self.blocks[:k]:  # self-attention over the patches only (all blocks in CaiT)
             x = blk(x)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim): inserted late
-        for blk in self.blocks_token_only:  # class-attention stage: cls only
+        if k < self.depth:  # the class token joins ordinary self-attention layers
+            z = torch.cat((cls, x), dim=1)  # (B, 1 + N, dim)
+            for blk in self.blocks[k:]:
+                z = blk(z)
+            cls, x = z[:, :1], z[:, 1:]
+        for blk in self.blocks_token_only:  # class-attention stage: cls only, patches frozen
             cls = blk(x, cls)
         return self.norm(torch.cat((cls, x), dim=1))
