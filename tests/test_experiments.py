@@ -146,3 +146,38 @@ def test_cli_lists_and_refuses_unknown_names():
     assert r.returncode == 0 and "layerscale_depth:" in r.stdout
     r = subprocess.run(cmd + ["nope"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
+
+
+def test_a_config_field_added_later_does_not_invalidate_recorded_runs(quick_result, tmp_path, monkeypatch):
+    _, res = quick_result
+    results = tmp_path / "results"
+    results.mkdir()
+    old = json.loads(json.dumps(res))
+    for rec in old["runs"].values():  # as recorded before TrainConfig had this field
+        del rec["config"]["exempt_from_decay"]
+    (results / "layerscale_depth.quick.json").write_text(json.dumps(old))
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    again = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=tmp_path / "runs",
+                           say=lambda m: None)
+    assert again["complete"] and list(again["runs"]) == list(res["runs"])
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "layerscale_depth"])
+def test_every_experiment_runs_quickly(name, tmp_path, fake_data):
+    exp = EXPERIMENTS[name]
+    res = run_experiment(exp, quick=True, seeds=1, results_dir=tmp_path, runs_dir=tmp_path / "runs",
+                         data_dir=str(fake_data), say=lambda m: None)
+    assert res["complete"] and len(res["runs"]) == len(exp.runs(True, 1))
+    for rec in res["runs"].values():
+        assert rec["status"] in ("ok", "stalled") and rec["steps"] == 4, rec["id"]
+        if exp.extra_metrics is not None and "macs" in rec["extra"][-1]:
+            assert rec["extra"][-1]["params"] > 0 and rec["extra"][-1]["macs"] > 0
+    # every full-scale run is a valid config, and each quick run is a shrunk full-scale one
+    full = exp.runs(False, 2)
+    assert {r.id for r in exp.runs(True, 2)} <= {r.id for r in full}
+    for r in full:
+        validate_config(make_config(**r.config))

@@ -620,3 +620,11 @@ def test_cifar10_tiny_preset_learns(tmp_path):
     # chance), leaving 7.7 points of slack.
     assert res["val_top1"] >= 20.0, res
     assert res["step"] == 80 and res["val_top5"] > 50.0
+
+
+def test_param_groups_can_decay_everything_for_the_ablation():
+    model = create_model("cait_cifar_nano")
+    decay, no_decay = T.param_groups(model, 0.05, exempt=False)
+    assert len(decay["params"]) == len(list(model.parameters())) and no_decay["params"] == []
+    cfg = T.validate_config(T.make_config("cifar10_tiny", exempt_from_decay=False))
+    assert cfg.exempt_from_decay is False and T.make_config("cifar10_tiny").exempt_from_decay is True

@@ -1,88 +1,13 @@
-"""The book's experiments, by name. Each chapter that trains reads the result file of one of them.
-
-``layerscale_depth`` (chapter "Going deeper: LayerScale"): a depth sweep of narrow ViTs on CIFAR-10
-for every residual scheme of CaiT Fig. 3, on a learning-rate axis from safe to aggressive, with
-short warmups, ``seeds`` seeds each, the same budget (images seen) for every run.
-"""
+"""The book's experiments, by name. Each chapter that trains reads the result file of one of them
+(``data/results/<name>.json``); ``python -m cait_edu.experiments <name>`` re-runs it."""
 from __future__ import annotations
 
-import itertools
+from .class_attention import CLASS_ATTENTION
+from .layerscale import LAYERSCALE_DEPTH
+from .recipe import CAIT_DEPTH, TRAINING_RECIPE
+from .runner import Experiment
 
-import torch.nn as nn
+__all__ = ["EXPERIMENTS"]
 
-from ..blocks import Block
-from .runner import Experiment, RunSpec
-
-__all__ = ["EXPERIMENTS", "residual_scales_summary"]
-
-
-def residual_scales_summary(model: nn.Module) -> dict:
-    """Per block, the mean absolute value of each residual branch's learned scale: LayerScale's
-    gamma vectors, the scalar of ``scalar``/Fixup (``gamma_1``/``gamma_2``), ReZero's shared ``alpha``.
-    ``{"gamma_attn": [...], "gamma_mlp": [...]}`` with one entry per block (None where a block has none)."""
-    attn, mlp = [], []
-    for blk in (m for m in model.modules() if isinstance(m, Block)):
-        shared = getattr(blk, "alpha", None)
-        g1 = blk.gamma_1 if getattr(blk, "gamma_1", None) is not None else shared
-        g2 = blk.gamma_2 if getattr(blk, "gamma_2", None) is not None else shared
-        attn.append(None if g1 is None else g1.detach().abs().mean().item())
-        mlp.append(None if g2 is None else g2.detach().abs().mean().item())
-    return {"gamma_attn": attn, "gamma_mlp": mlp}
-
-
-# ---------------------------------------------------------------------------- layerscale_depth
-# (label, residual_scale, norm): every scheme in its own paper's form (norm=None: the scheme's
-# default, no LayerNorm for ReZero/Fixup/T-Fixup). The LayerNorm-restored Fixup/T-Fixup that the
-# CaiT paper had to use at ImageNet scale is ("fixup+LN", "fixup", True) etc.
-SCHEMES = [
-    ("none", "none", None),
-    ("rezero", "rezero", None),
-    ("fixup", "fixup", None),
-    ("tfixup", "tfixup", None),
-    ("scalar", "scalar", None),
-    ("layerscale", "layerscale", None),
-]
-DEPTHS = (6, 12, 24)
-LRS = (1e-3, 4e-3, 1.6e-2)  # safe -> aggressive, x4 apart (AdamW, batch 128, 20 warmup steps)
-# Budget: every run sees 40k images (10k images x 4 epochs, 312 steps). Measured training speed at
-# width 64 on this 2-core CPU: ~580 / 310 / 155 images/s at depth 6 / 12 / 24, so the 108 runs
-# (6 schemes x 3 depths x 3 lrs x 2 seeds) take about 4.6 hours plus evaluation.
-_LS_BASE = dict(
-    model="deit_cifar_tiny", dataset="cifar10", recipe="cifar", img_size=32,
-    train_subset=10_000, val_subset=2_000, epochs=4, batch_size=128, warmup_epochs=0.25,
-    min_lr=1e-5, warmup_lr=1e-6, weight_decay=0.05, label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
-    mixup_prob=0.0, repeats=1, drop_path_rate=0.0, num_workers=0, eval_every=1, log_every=20,
-    save_every_steps=40,
-)
-_LS_WIDTH = dict(dim=64, num_heads=4, mlp_ratio=2.0)
-
-
-def _layerscale_runs(quick: bool, seeds: int) -> list[RunSpec]:
-    # Order: seed, lr, depth, scheme -- so that a sweep cut short has every scheme side by side.
-    if quick:  # seconds: 2 schemes x 2 depths, 256 images, one epoch
-        grid = itertools.product(range(seeds), LRS[:1], (2, 4), SCHEMES[:1] + SCHEMES[-1:])
-        base = {**_LS_BASE, "train_subset": 256, "val_subset": 64, "epochs": 1, "batch_size": 64,
-                "warmup_epochs": 0.25, "save_every_steps": 2, "log_every": 1, "threads": 1}
-        width = dict(_LS_WIDTH, dim=32, num_heads=2)
-    else:
-        grid = itertools.product(range(seeds), LRS, DEPTHS, SCHEMES)
-        base, width = _LS_BASE, _LS_WIDTH
-    runs = []
-    for seed, lr, depth, (label, scheme, norm) in grid:
-        kwargs = dict(width, depth=depth, residual_scale=scheme)
-        if norm is not None:
-            kwargs["norm"] = norm
-        runs.append(RunSpec(
-            id=f"{label}-d{depth}-lr{lr:g}-s{seed}",
-            config={**base, "lr": lr, "seed": seed, "model_kwargs": kwargs},
-            labels={"scheme": label, "depth": depth, "lr": lr, "seed": seed},
-        ))
-    return runs
-
-
-EXPERIMENTS: dict[str, Experiment] = {
-    "layerscale_depth": Experiment(
-        "layerscale_depth",
-        "depth sweep (6/12/24 blocks, width 64) of every residual scheme on CIFAR-10, lr from safe to aggressive",
-        _layerscale_runs, extra_metrics=residual_scales_summary, default_seeds=2),
-}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (LAYERSCALE_DEPTH, CLASS_ATTENTION, TRAINING_RECIPE,
+                                                           CAIT_DEPTH)}

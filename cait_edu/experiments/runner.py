@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..training.config import DivergenceError, make_config
+from ..training.config import DivergenceError, config_from_dict, make_config
 from ..training.loop import train
 from ..training.metrics import finite_or_none
 from ..training.validate import validate_config
@@ -209,8 +209,10 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
                                        + (["--quick"] if quick else []) + [f"--seeds {seeds}"]),
         "machine": machine_info(), "planned_runs": ids, "runs": done,
     }
+    # A recorded run counts as done if its config is the definition's; fields added to TrainConfig
+    # after it was recorded take their defaults (which leave the training unchanged).
     todo = [s for s in specs if s.id not in done
-            or _config_key(done[s.id]["config"]) != _config_key(_resolved(s))]
+            or _config_key(_portable(config_from_dict(done[s.id]["config"]))) != _config_key(_resolved(s))]
     for n, spec in enumerate(todo):
         if max_runs is not None and n >= max_runs:
             break

@@ -79,6 +79,9 @@ class TrainConfig:
     """Learning rate at step 0."""
     weight_decay: float = 0.05
     """AdamW decoupled weight decay, applied to weight matrices only (see :func:`param_groups`)."""
+    exempt_from_decay: bool = True
+    """Exempt 1-D parameters (biases, norms, LayerScale gammas) and ``pos_embed``/``cls_token`` from
+    weight decay, as the DeiT/CaiT recipe does; false decays every parameter (for the ablation)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas (``--set betas=0.9,0.999``)."""
     eps: float = 1e-8

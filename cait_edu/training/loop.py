@@ -112,8 +112,8 @@ class Trainer:
         if cfg.img_size != get_spec(cfg.model).kwargs.get("img_size"):
             overrides["img_size"] = cfg.img_size
         self.model = create_model(cfg.model, **overrides).to(self.device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=cfg.betas, eps=cfg.eps)
+        groups = param_groups(self.model, cfg.weight_decay, exempt=cfg.exempt_from_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema else None
         self.mixer = D.MixupCutmix(self.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_switch_prob,

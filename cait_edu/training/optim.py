@@ -30,19 +30,22 @@ def lr_at_step(step: int, *, total_steps: int, warmup_steps: int, lr: float, war
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exempt: bool = True) -> list[dict]:
     """AdamW groups: weight decay on weight matrices only.
 
     No decay on every parameter with ``ndim <= 1`` (biases, LayerNorm weights, LayerScale gammas)
     and on the names in ``model.no_weight_decay()`` (``pos_embed``, ``cls_token``). The talking-heads
-    mixing matrices (2-D) are decayed, as in the released code.
+    mixing matrices (2-D) are decayed, as in the released code. Decay pulls a parameter towards
+    zero: right for weight matrices, wrong for a LayerNorm gain (whose neutral value is 1) or a
+    LayerScale gamma (which would be pulled back to "switch the block off"). ``exempt=False``
+    decays everything (the recipe's ablation).
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        (no_decay if exempt and (p.ndim <= 1 or name in skip) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
