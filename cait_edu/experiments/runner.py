@@ -139,8 +139,8 @@ class _Clock:
         _write_json(self.path, {"seconds": self.total()})
 
 
-def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | None, say) -> dict:
-    """Train (or continue) one run and summarise it."""
+def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | None, commit: str, say) -> dict:
+    """Train (or continue) one run and summarise it; ``commit`` is the code it ran."""
     resume = (run_dir / "last.pt").is_file()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to continue
@@ -170,7 +170,7 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
         "final_top1": final, "best_top1": max(curves["val_top1"]) if curves["val_top1"] else None,
         "final_val_loss": curves["val_loss"][-1] if curves["val_loss"] else None,
         "steps": result.get("step"), "curves": curves, "extra": extras,
-        "wall_time_s": round(clock.total(), 1), "git_commit": git_commit(),
+        "wall_time_s": round(clock.total(), 1), "git_commit": commit,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     say(f"[{exp.name}] {spec.id}: {status}, final top-1 {final if final is None else round(final, 2)}%, "
@@ -194,6 +194,7 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     config no longer matches the experiment's definition is run again.
     """
     seeds = exp.default_seeds if seeds is None else seeds
+    commit = git_commit()  # the code this process runs (imported now, whatever is committed later)
     specs = exp.runs(quick, seeds)
     ids = [s.id for s in specs]
     if len(set(ids)) != len(ids):
@@ -207,7 +208,7 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
         "experiment": exp.name, "doc": exp.doc, "quick": quick, "seeds": seeds,
         "command": command or " ".join(["python -m cait_edu.experiments", exp.name]
                                        + (["--quick"] if quick else []) + [f"--seeds {seeds}"]),
-        "machine": machine_info(), "planned_runs": ids, "runs": done,
+        "machine": machine_info(), "git_commit": commit, "planned_runs": ids, "runs": done,
     }
     # A recorded run counts as done if its config is the definition's; fields added to TrainConfig
     # after it was recorded take their defaults (which leave the training unchanged).
@@ -216,7 +217,7 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     for n, spec in enumerate(todo):
         if max_runs is not None and n >= max_runs:
             break
-        results["runs"][spec.id] = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, say)
+        results["runs"][spec.id] = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, commit, say)
         _finish(results, path)
     return _finish(results, path)
 
@@ -238,6 +239,5 @@ def _finish(results: dict, path: Path) -> dict:
     results["runs"] = {rid: runs[rid] for rid in results["planned_runs"] if rid in runs}  # planned order
     results["complete"] = len(results["runs"]) == len(results["planned_runs"])
     results["wall_time_s"] = round(sum(r["wall_time_s"] for r in results["runs"].values()), 1)
-    results["git_commit"] = git_commit()
     _write_json(path, results)
     return results
