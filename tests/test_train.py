@@ -414,6 +414,16 @@ def _rewrite_checkpoint(path: Path, **changes) -> None:
     T.atomic_torch_save(ck, path)
 
 
+def test_resume_accepts_a_checkpoint_older_than_a_new_config_field(tmp_path, fake_data):
+    """A field added to TrainConfig after a checkpoint was written takes its default on resume."""
+    out = tmp_path / "r"
+    T.train(_cfg(fake_data, out, max_steps=3))
+    ck = T.load_checkpoint(out / "last.pt")
+    del ck["config"]["exempt_from_decay"]  # as written before the field existed
+    T.atomic_torch_save(ck, out / "last.pt")
+    assert T.train(_cfg(fake_data, out), resume=True)["step"] == TOTAL_STEPS
+
+
 def test_resume_refuses_another_world_size_unless_allowed(tmp_path, fake_data):
     out = tmp_path / "r"
     T.train(_cfg(fake_data, out, max_steps=3))

@@ -18,7 +18,7 @@ from typing import Union
 import torch
 
 from ..registry import MODEL_SPECS, get_spec
-from .config import CHOICES, RESUME_MAY_CHANGE, ConfigError, TrainConfig, field_types
+from .config import CHOICES, RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict, field_types
 from .hardware import device_type, world_from_env
 
 __all__ = ["validate_config", "check_resume"]
@@ -136,7 +136,8 @@ def check_resume(saved: dict, cfg: TrainConfig, *, world_size: int, allow_world_
     trajectory it would have followed, and the per-rank batch (memory) changes.
     """
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    old = saved["config"]
+    # a field added to TrainConfig after the checkpoint was written takes its default
+    old = json.loads(json.dumps(dataclasses.asdict(config_from_dict(saved["config"]))))
     diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
     if diffs:
         raise ConfigError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs)
