@@ -204,6 +204,8 @@ def _experiment_section(path: Path, data_dir: Path) -> str:
                 "Final test top-1 (%), mean ± standard deviation over the seeds that did not diverge.", "",
                 _table(setting_keys + ["final top-1 (%)", "runs", "diverged"], rows), ""]
 
+    header = ["run"] + label_keys + ["status", "final top-1 (%)", "best top-1 (%)", "diverged at",
+                                     "steps", "wall time"]
     rows = []
     for rid in order:
         r = runs[rid]
@@ -211,8 +213,8 @@ def _experiment_section(path: Path, data_dir: Path) -> str:
         rows.append([f"`{rid}`"] + [labels.get(k) for k in label_keys] + [
             r.get("status"), r.get("final_top1"), r.get("best_top1"), r.get("diverged_at"),
             r.get("steps"), _duration(r.get("wall_time_s"))])
-    table = _table(["run"] + label_keys + ["status", "final top-1 (%)", "best top-1 (%)",
-                                           "diverged at", "steps", "wall time"], rows)
+    keep = [j for j in range(len(header)) if any(row[j] is not None for row in rows)]  # no empty columns
+    table = _table([header[j] for j in keep], [[row[j] for j in keep] for row in rows])
     if len(order) <= SHOW_RUNS:
         out += ["#### Every run", "", table, ""]
     else:  # a long sweep: its runs fold away under the summary
