@@ -393,7 +393,7 @@ def is_local(url: str, base: str) -> bool:
     return url.startswith(base) or url.split(":", 1)[0] in ("data", "blob", "about")
 
 
-def check_page(browser: Browser, base: str, docname: str, html: Path, shots: Path,
+def check_page(browser: Browser, base: str, docname: str, shots: Path,
                notebook: bool, expected_colab: str, full_page: bool) -> list[str]:
     failures: list[str] = []
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             notebook = (args.html / "_sources" / f"{docname}.ipynb").is_file()
             try:
                 results[docname] = check_page(
-                    browser, base, docname, page, args.shots, notebook,
+                    browser, base, docname, args.shots, notebook,
                     colab_url(args.config, docname), args.full_page)
             except CheckError as exc:
                 results[docname] = [f"could not be checked: {exc}"]
