@@ -17,8 +17,10 @@ from typing import Union
 
 import torch
 
+from ..presets import PRESETS
 from ..registry import MODEL_SPECS, get_spec
 from .config import CHOICES, RESUME_MAY_CHANGE, ConfigError, TrainConfig, field_types
+from .distill import check_teacher_config
 from .hardware import device_type, world_from_env
 
 __all__ = ["validate_config", "check_resume"]
@@ -110,6 +112,14 @@ def validate_config(cfg: TrainConfig, world_size: int | None = None) -> TrainCon
         raise bad(f"recipe 'cifar' uses CIFAR-10 images at their native 32x32, but img_size is {img_size}; "
                   "use img_size=32, or recipe=deit (which resizes)")
 
+    # starting point, teacher, and what a preset cannot do without
+    for key, why in (PRESETS[cfg.preset].requires.items() if cfg.preset in PRESETS else ()):
+        if getattr(cfg, key) is None:
+            raise bad(f"preset {cfg.preset} needs {key}: {why}")
+    if cfg.finetune is None and cfg.finetune_head != "auto":
+        raise bad(f"finetune_head={cfg.finetune_head} needs finetune (the checkpoint to start from)")
+    check_teacher_config(cfg)
+
     # hardware and distribution
     if world_size < 1:
         raise bad(f"world size must be >= 1, got {world_size}")
@@ -136,7 +146,8 @@ def check_resume(saved: dict, cfg: TrainConfig, *, world_size: int, allow_world_
     trajectory it would have followed, and the per-rank batch (memory) changes.
     """
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    old = saved["config"]
+    # a field added to TrainConfig after the checkpoint was written takes its default (which leaves runs unchanged)
+    old = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **saved["config"]}
     diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k]]
     if diffs:
         raise ConfigError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs)
