@@ -23,7 +23,11 @@ with the DeiT code and recipe, changing only the stochastic-depth rate per model
 * EMA of the weights with decay 0.99996 existed in the DeiT code but was not used
   for the reported numbers: here it is off (``--set ema=true`` turns it on);
 * mixed precision where there is a GPU (``amp="auto"``), no gradient clipping;
-* evaluation at crop ratio 1.0 (CaiT); the DeiT baselines use DeiT's 0.875.
+* evaluation at crop ratio 1.0 (CaiT); the DeiT baselines use DeiT's 0.875;
+* no distillation, although the released CaiT models were trained with DeiT's hard
+  distillation from a RegNetY-16GF teacher: ``--set distillation=hard --set
+  teacher=regnet_y_16gf --set teacher_weights=IMAGENET1K_V2`` adds it (torchvision's
+  weights for that architecture; see :mod:`cait_edu.training.distill`).
 
 The released ``*_384``/``*_448`` CaiT models were obtained by fine-tuning the
 224 model at the higher resolution. The presets named after them (``cait_s24_384``
