@@ -6,6 +6,7 @@ Usage::
     python -m cait_edu.train --preset cifar10_tiny --out runs/tiny
     python -m cait_edu.train --preset cifar10_cait_tiny --out runs/c --set epochs=50 --set lr=5e-4
     python -m cait_edu.train --out runs/c --resume            # continue a run (config from runs/c)
+    python -m cait_edu.train --preset cait_m48_448_finetune --finetune m48_224/best.pt --out runs/m48_448
     torchrun --nproc_per_node=8 -m cait_edu.train --preset cait_s24_224 --data /data/imagenet --out runs/s24
 
 From Python (e.g. a notebook)::

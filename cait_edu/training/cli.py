@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="preset name (optional with --resume: the run's saved config is used)")
     p.add_argument("--data", help="data directory (config data_dir)")
     p.add_argument("--out", help="output directory (default runs/<preset>)")
+    p.add_argument("--finetune", metavar="CHECKPOINT",
+                   help="start from these weights (config finetune): a last.pt/best.pt of this trainer or an "
+                        "authors' release file; position embeddings are resized to img_size, the head follows "
+                        "finetune_head")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--allow-world-size-change", action="store_true",
                    help="with --resume: continue on a different number of processes (the run then no longer "
@@ -66,6 +70,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         sets["data_dir"] = args.data
     if args.out is not None:
         sets["out"] = args.out
+    if args.finetune is not None:
+        sets["finetune"] = args.finetune
     if args.preset is not None:
         return make_config(args.preset, **sets)
     if not args.resume:

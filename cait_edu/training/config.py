@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 from ..presets import PRESETS, get_preset
 
 __all__ = ["TrainConfig", "ConfigError", "DivergenceError", "RESUME_MAY_CHANGE", "CHOICES", "make_config",
-           "parse_set", "config_from_dict", "replace_checked", "field_docs", "type_name"]
+           "parse_set", "config_from_dict", "replace_checked", "field_docs", "type_name", "model_overrides"]
 
 
 class ConfigError(ValueError):
@@ -107,6 +107,30 @@ class TrainConfig:
     """EMA decay per step: ``ema = decay * ema + (1 - decay) * w``."""
     eval_ema: bool = False
     """Also evaluate the EMA weights (``val_top1_ema`` ...); the model itself is always evaluated."""
+    # --- starting point and teacher
+    finetune: Optional[str] = None
+    """Initialise the model from this checkpoint before step 0 (``--finetune PATH``): a ``last.pt`` or
+    ``best.pt`` of this trainer (its ``model`` weights) or the authors' release format (``{"model":
+    {...}}``, keys prefixed ``module.``). Position embeddings are resized bicubically to ``img_size``;
+    every other tensor must match the model by name and shape (see ``finetune_head``). The optimizer
+    and schedule start afresh. A resumed run continues from its own last.pt and does not re-read this
+    file. None = random initialisation."""
+    finetune_head: str = "auto"
+    """The classification head of a ``finetune`` checkpoint: "keep" it (its class count must be the
+    dataset's), "reset" it (the model's own random initialisation, as for a new task), or "auto":
+    keep when the class counts agree, reset when they differ."""
+    distillation: str = "none"
+    """"none", or "hard": DeiT's hard-label distillation on the class token, loss = 1/2 CE(student,
+    targets) + 1/2 CE(student, argmax of the teacher's logits); see :mod:`cait_edu.training.distill`."""
+    teacher: Optional[str] = None
+    """The teacher for ``distillation="hard"``: a torchvision model name (``regnet_y_16gf``, DeiT's
+    teacher architecture) or a path to a teacher file (a ``last.pt``/``best.pt`` of this trainer,
+    or a TorchScript module). It sees the student's (mixed) input batch and must predict the
+    dataset's classes."""
+    teacher_weights: Optional[str] = None
+    """For a torchvision ``teacher``: the weights enum member, e.g. ``IMAGENET1K_V2`` or
+    ``IMAGENET1K_SWAG_LINEAR_V1`` (downloaded once into torch.hub's cache; offline, put the file
+    there). None = random weights, useful only for tests and demonstrations."""
     # --- hardware
     device: str = "auto"
     """"auto" (CUDA if available, else CPU), "cpu" or "cuda"."""
@@ -152,6 +176,8 @@ CHOICES = {
     "recipe": ("deit", "cifar"),
     "amp": ("auto", "bf16", "fp16", "off"),
     "device": ("auto", "cpu", "cuda"),
+    "finetune_head": ("auto", "keep", "reset"),
+    "distillation": ("none", "hard"),
 }
 
 
@@ -277,3 +303,13 @@ def field_docs() -> dict[str, str]:
                 and isinstance(b.value.value, str)):
             docs[a.target.id] = " ".join(b.value.value.split())
     return docs
+
+
+def model_overrides(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """The :func:`~cait_edu.registry.create_model` overrides a (validated) config asks for."""
+    from ..registry import get_spec
+
+    overrides = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path_rate, num_classes=num_classes)
+    if cfg.img_size != get_spec(cfg.model).kwargs.get("img_size"):
+        overrides["img_size"] = cfg.img_size
+    return overrides

@@ -7,14 +7,15 @@ What a run does, in order (each step raises a clear error before any work when i
 3. **Resume decision**: a new run refuses a directory that holds one; ``resume=True`` reads
    ``last.pt`` and refuses a changed recipe or number of processes
    (:func:`~cait_edu.training.validate.check_resume`).
-4. **Data**: found and loaded (the loaders' ``FileNotFoundError`` says how to get it); one train
-   and one val image go through the transforms to check their size; then the model is built.
+4. **Data**: a fine-tune's checkpoint and a teacher are read (:mod:`~cait_edu.training.finetune`,
+   :mod:`~cait_edu.training.distill`), the data found and loaded (a ``FileNotFoundError`` says how to
+   get it) and one train and one val image checked; then the model (fine-tune weights loaded) is built.
 5. **Loop**: each rank reads its shard of every global batch through
    :class:`~cait_edu.data.EpochSampler` (augmentation seeded per sample), mixes it with
    :class:`~cait_edu.data.MixupCutmix`, and takes one AdamW step on the soft-target cross-entropy
-   with the learning rate a pure function of the step. All randomness is derived from
-   ``(seed, step, rank)`` (:mod:`~cait_edu.training.seeds`), so a run resumed from any checkpoint,
-   even one written mid-epoch, continues bit for bit.
+   (plus the teacher's term under hard distillation), the learning rate a pure function of the
+   step. All randomness is derived from ``(seed, step, rank)`` (:mod:`~cait_edu.training.seeds`),
+   so a run resumed from any checkpoint, even one written mid-epoch, continues bit for bit.
 6. **Files** in ``out/`` (rank 0): ``last.pt`` at epoch ends (and every ``save_every_steps``),
    ``best.pt``, ``metrics.jsonl``, ``config.json`` (:mod:`~cait_edu.training.checkpoints`).
 7. **Divergence**: a non-finite loss or gradient stops the run with :class:`DivergenceError`
@@ -38,25 +39,22 @@ import torch
 import torch.nn as nn
 
 from .. import data as D
-from ..registry import create_model, get_spec
+from ..registry import create_model
 from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, read_resume_checkpoint,
                           remove_stale_temporaries)
-from .config import ConfigError, DivergenceError, TrainConfig, make_config, replace_checked
+from .config import ConfigError, DivergenceError, TrainConfig, make_config, model_overrides, replace_checked
 from .datasets import build_datasets
+from .distill import make_criterion, prepare_teacher
 from .ema import ModelEma
 from .evaluate import evaluate
+from .finetune import open_finetune_source
 from .hardware import Dist, autocast, choose_amp, device_type, setup_distributed, tf32_matmuls
-from .metrics import MetricsLog
-from .optim import lr_at_step, param_groups, soft_target_cross_entropy
+from .metrics import MetricsLog, progress_enabled
+from .optim import lr_at_step, param_groups
 from .seeds import MIX_STREAM, STEP_STREAM, derived_seed
 from .validate import check_resume, validate_config
 
 __all__ = ["train", "Trainer", "build_datasets", "progress_enabled"]
-
-
-def progress_enabled(cfg: TrainConfig) -> bool:
-    """A progress bar unless the config or ``$CAIT_EDU_NO_PROGRESS=1`` (set by the tests) says no."""
-    return cfg.progress and os.environ.get("CAIT_EDU_NO_PROGRESS", "") not in ("1", "true")
 
 
 class Trainer:
@@ -80,6 +78,9 @@ class Trainer:
         self.ckpt = read_resume_checkpoint(self.out, self.resume)
         if self.ckpt is not None:
             check_resume(self.ckpt, cfg, world_size=dd.world, allow_world_size_change=self.allow_world_size_change)
+        # files that a fresh fine-tune or a teacher need: read and checked before the data
+        self.finetune = open_finetune_source(cfg) if cfg.finetune and self.ckpt is None else None
+        self.teacher_src = prepare_teacher(cfg) if cfg.distillation != "none" else None
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=dd.main)
         self._setup_data()
         self._setup_model()
@@ -108,10 +109,12 @@ class Trainer:
     def _setup_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        overrides = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path_rate, num_classes=self.num_classes)
-        if cfg.img_size != get_spec(cfg.model).kwargs.get("img_size"):
-            overrides["img_size"] = cfg.img_size
-        self.model = create_model(cfg.model, **overrides).to(self.device)
+        self.model = create_model(cfg.model, **model_overrides(cfg, self.num_classes))
+        self.init_report = self.finetune.apply(self.model, cfg.finetune_head) if self.finetune else None
+        self.model.to(self.device)
+        self.teacher, self.teacher_print = (None, None) if self.teacher_src is None else self.teacher_src.build(
+            self.num_classes, cfg.img_size, self.device, cfg.seed)
+        self.criterion = make_criterion(self.teacher)
         groups = param_groups(self.model, cfg.weight_decay, exempt=cfg.exempt_from_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
@@ -133,6 +136,9 @@ class Trainer:
         ck = self.ckpt
         if ck is None:
             return
+        if self.teacher_src is not None:
+            self.teacher_src.check_resume(ck.get("teacher_fingerprint"), self.teacher_print)
+        self.init_report = ck.get("finetune_report")  # the fine-tune source is not read again
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scaler is not None and ck.get("scaler"):
@@ -160,7 +166,8 @@ class Trainer:
                        "num_classes": self.num_classes, "classes": self.classes[:100],
                        "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                        "warmup_steps": self.warmup_steps, "num_train": len(self.train_ds),
-                       "num_val": len(self.val_ds), "data_source": self.source, "torch": torch.__version__}
+                       "num_val": len(self.val_ds), "data_source": self.source, "torch": torch.__version__,
+                       "finetune": self.init_report, "teacher": self.teacher_src and self.teacher_src.about}
             tmp = self.out / f".config.json.tmp.{os.getpid()}"
             tmp.write_text(json.dumps({**dataclasses.asdict(cfg), "_runtime": runtime}, indent=2))
             os.replace(tmp, self.out / "config.json")
@@ -184,7 +191,8 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "step": self.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "best_top1": self.best_top1, "best_epoch": self.best_epoch, "last_eval": self.last_eval,
-                "log_sums": dict(self.log_sums),
+                "log_sums": dict(self.log_sums), "finetune_report": self.init_report,
+                "teacher_fingerprint": self.teacher_print,
             }, self.out / "last.pt")
         self.dd.barrier()
 
@@ -227,8 +235,8 @@ class Trainer:
                         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        with autocast(self.amp, self.device):
-            loss = soft_target_cross_entropy(self.train_model(images), targets)
+        with autocast(self.amp, self.device):  # the teacher, if any, runs in it too
+            loss = self.criterion(images, self.train_model(images), targets)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -295,6 +303,9 @@ class Trainer:
         self.say(f"model: {cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params) on "
                  f"{self.device} x {dd.world}, amp={self.amp}; {self.steps_per_epoch} steps/epoch, "
                  f"{self.total_steps} steps in total" + (f" (resuming at step {self.step})" if self.ckpt else ""))
+        for line in filter(None, (self.ckpt is None and self.init_report and "fine-tune: " + "; ".join(
+                f"{k} {v}" for k, v in self.init_report.items()), self.teacher_src and f"teacher: {self.teacher_src.about}")):
+            self.say(line)
         stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         if progress_enabled(cfg) and dd.main:
             from tqdm.auto import tqdm

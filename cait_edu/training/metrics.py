@@ -3,7 +3,8 @@
 Lines are strict JSON (RFC 8259): a non-finite number (an fp16 step whose gradients overflowed,
 a diverging loss) is written as ``null``, never as the ``Infinity``/``NaN`` that Python's ``json``
 emits by default and other readers reject. When a run resumes, the lines logged after the
-checkpoint it resumes from are dropped: they will be logged again.
+checkpoint it resumes from are dropped: they will be logged again. :func:`progress_enabled`
+decides whether a run also shows a progress bar.
 """
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "finite_or_none"]
+__all__ = ["MetricsLog", "finite_or_none", "progress_enabled"]
+
+
+def progress_enabled(cfg: Any) -> bool:
+    """A progress bar unless the config (``progress``) or ``$CAIT_EDU_NO_PROGRESS=1`` (set by the tests) says no."""
+    return cfg.progress and os.environ.get("CAIT_EDU_NO_PROGRESS", "") not in ("1", "true")
 
 
 def finite_or_none(value: Any) -> Any:

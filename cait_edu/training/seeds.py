@@ -9,7 +9,7 @@ it does not matter how many GPUs wrote it or how many worker processes load the 
 """
 from __future__ import annotations
 
-__all__ = ["derived_seed", "STEP_STREAM", "MIX_STREAM"]
+__all__ = ["derived_seed", "STEP_STREAM", "MIX_STREAM", "TEACHER_STREAM"]
 
 _M64 = (1 << 64) - 1
 
@@ -17,6 +17,8 @@ STEP_STREAM = 1
 """Seeds the global torch RNG before a step (stochastic depth, dropout)."""
 MIX_STREAM = 2
 """Seeds the generator that draws Mixup/CutMix lambda, boxes and partners."""
+TEACHER_STREAM = 3
+"""Seeds the random initialisation of a teacher built without weights (tests and demonstrations)."""
 
 
 def _mix64(x: int) -> int:

@@ -17,8 +17,10 @@ from typing import Union
 
 import torch
 
+from ..presets import PRESETS
 from ..registry import MODEL_SPECS, get_spec
 from .config import CHOICES, RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict, field_types
+from .distill import check_teacher_config
 from .hardware import device_type, world_from_env
 
 __all__ = ["validate_config", "check_resume"]
@@ -109,6 +111,14 @@ def validate_config(cfg: TrainConfig, world_size: int | None = None) -> TrainCon
     if cfg.dataset == "cifar10" and cfg.recipe == "cifar" and img_size != 32:
         raise bad(f"recipe 'cifar' uses CIFAR-10 images at their native 32x32, but img_size is {img_size}; "
                   "use img_size=32, or recipe=deit (which resizes)")
+
+    # starting point, teacher, and what a preset cannot do without
+    for key, why in (PRESETS[cfg.preset].requires.items() if cfg.preset in PRESETS else ()):
+        if getattr(cfg, key) is None:
+            raise bad(f"preset {cfg.preset} needs {key}: {why}")
+    if cfg.finetune is None and cfg.finetune_head != "auto":
+        raise bad(f"finetune_head={cfg.finetune_head} needs finetune (the checkpoint to start from)")
+    check_teacher_config(cfg)
 
     # hardware and distribution
     if world_size < 1:
