@@ -5,7 +5,8 @@
   chapters use it to look at self-attention (``(B, h, N, N)``) and class-attention
   (``(B, h, 1, 1 + N)``) maps of every layer.
 * :func:`draw_cait` -- a matplotlib diagram of CaiT (Touvron et al., "Going deeper with Image
-  Transformers", ICCV 2021, Fig. 2), optionally with the ViT/DeiT layout beside it for contrast.
+  Transformers", ICCV 2021, Fig. 2), optionally with the ViT/DeiT layout beside it for contrast;
+  :func:`draw_residual_schemes` -- one residual branch under each scheme of the paper's Fig. 3.
 * :func:`plot_depth_sweep` and :func:`plot_gamma_evolution` -- the results of the
   ``layerscale_depth`` experiment (:mod:`cait_edu.experiments`): accuracy against depth for every
   residual scheme, and how the learned residual scales of each layer moved during training.
@@ -20,7 +21,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-__all__ = ["AttentionRecord", "attention_modules", "record_attention", "draw_cait", "summarize_depth_sweep",
+__all__ = ["AttentionRecord", "attention_modules", "record_attention", "draw_cait", "draw_residual_schemes",
+           "summarize_depth_sweep",
            "plot_depth_sweep", "plot_gamma_evolution"]
 
 
@@ -278,6 +280,66 @@ def draw_cait(
     ax.axis("off")
     return fig
 
+
+# (title, paper's panel, boxes of the branch from input to output; a box is (text, kind))
+_SCHEME_DIAGRAMS = [
+    ("none", "Fig. 3(a): ViT / DeiT", [("LayerNorm", "norm"), ("SA or FFN", "branch")]),
+    ("rezero", "Fig. 3(b): ReZero", [("SA or FFN", "branch"), ("× α\nα = 0, one per block", "scale")]),
+    ("fixup", "Fig. 3(b): Fixup", [("+ scalar biases", "scale"), ("SA or FFN\nlast layer = 0", "branch"),
+                                   ("× m, + b\nm = 1, b = 0", "scale")]),
+    ("tfixup", "Fig. 3(b): T-Fixup", [("SA or FFN\nweights × $0.67\\,N^{-1/4}$", "branch")]),
+    ("scalar", "Fig. 3(c)", [("LayerNorm", "norm"), ("SA or FFN", "branch"), ("× α\nα = ε", "scale")]),
+    ("layerscale", "Fig. 3(d): LayerScale", [("LayerNorm", "norm"), ("SA or FFN", "branch"),
+                                            ("× diag($\\lambda_1, …, \\lambda_d$)\n$\\lambda_i$ = ε", "scale")]),
+]
+_KIND_COLORS = {"norm": "#cfe2f3", "branch": "#fce5cd", "scale": "#f4cccc"}
+
+
+def draw_residual_schemes():
+    """One residual branch of a block under each scheme of CaiT's Fig. 3, as ``cait_edu`` names
+    them (``Block(residual_scale=...)``), and return the matplotlib ``Figure``.
+
+    Each column reads bottom-up: the stream ``x_l`` goes straight up the skip connection on the
+    left and through the branch on the right (LayerNorm where the scheme keeps it, the attention
+    or feed-forward layer, the scheme's scale); the two meet at ``+``. Fixup and T-Fixup are drawn
+    in their own papers' norm-free form (``norm=True`` puts LayerNorm back).
+    """
+    import matplotlib.pyplot as plt
+
+    col_w, box_w, box_h, gap = 3.3, 2.3, 0.85, 0.45
+    tallest = max(len(boxes) for _, _, boxes in _SCHEME_DIAGRAMS)
+    y_in, y_split = 0.3, 1.0
+    y_plus = y_split + tallest * (box_h + gap) + 0.55  # the same height in every column
+    height = y_plus + 2.1
+    fig, ax = plt.subplots(figsize=(len(_SCHEME_DIAGRAMS) * col_w * _INCH_PER_UNIT * 1.25, height * _INCH_PER_UNIT * 1.25))
+    for i, (name, paper, boxes) in enumerate(_SCHEME_DIAGRAMS):
+        x0 = i * col_w + 0.4  # the skip connection's x
+        xb = x0 + 0.35 + box_w / 2  # the branch's centre
+        ax.text(x0, y_in - 0.05, "$x_l$", ha="center", va="top", fontsize=10)
+        ax.plot([x0, x0], [y_in, y_plus - 0.18], color="#333333", lw=1.2, zorder=1)  # skip
+        ax.plot([x0, xb], [y_split, y_split], color="#333333", lw=1.2, zorder=1)
+        y = y_split
+        for text, kind in boxes:
+            _arrow(ax, xb, y, xb, y + gap)
+            y += gap
+            _box(ax, xb, y + box_h, box_w, box_h, text, _KIND_COLORS[kind], fontsize=7.5)
+            y += box_h
+        ax.plot([xb, xb], [y, y_plus], color="#333333", lw=1.2, zorder=1)
+        _arrow(ax, xb, y_plus, x0 + 0.2, y_plus)
+        ax.add_patch(plt.Circle((x0, y_plus), 0.18, facecolor="white", edgecolor="#333333", lw=1.2, zorder=3))
+        ax.text(x0, y_plus, "+", ha="center", va="center", fontsize=10, zorder=4)
+        _arrow(ax, x0, y_plus + 0.18, x0, y_plus + 0.6)
+        ax.text(x0, y_plus + 0.65, "$x_{l+1}$", ha="center", va="bottom", fontsize=10)
+        ax.text(x0 - 0.25 + col_w / 2, height - 0.2, f'"{name}"', ha="center", va="top", fontsize=10,
+                weight="bold", family="monospace")
+        ax.text(x0 - 0.25 + col_w / 2, height - 0.7, paper, ha="center", va="top", fontsize=8, style="italic",
+                color="#555555")
+    ax.set_xlim(0, len(_SCHEME_DIAGRAMS) * col_w)
+    ax.set_ylim(-0.3, height)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
+    return fig
 
 # --------------------------------------------------------------------------------------------
 # Experiment results: the layerscale_depth sweep

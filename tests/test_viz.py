@@ -134,6 +134,20 @@ def test_draw_cait_returns_a_figure(with_vit):
         plt.close(fig)
 
 
+def test_draw_residual_schemes_names_every_library_option():
+    from cait_edu.blocks import RESIDUAL_SCALES
+    from cait_edu.viz import draw_residual_schemes
+
+    fig = draw_residual_schemes()
+    try:
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert [t.strip('"') for t in texts if t.startswith('"')] == list(RESIDUAL_SCALES)
+        assert texts.count("LayerNorm") == 3  # none, scalar, layerscale; the norm-free forms have none
+        fig.canvas.draw()
+    finally:
+        plt.close(fig)
+
+
 # --- the layerscale_depth sweep ---------------------------------------------------------------------
 from cait_edu.viz import plot_depth_sweep, plot_gamma_evolution, summarize_depth_sweep  # noqa: E402
 
