@@ -5,17 +5,25 @@
   chapters use it to look at self-attention (``(B, h, N, N)``) and class-attention
   (``(B, h, 1, 1 + N)``) maps of every layer.
 * :func:`draw_cait` -- a matplotlib diagram of CaiT (Touvron et al., "Going deeper with Image
-  Transformers", ICCV 2021, Fig. 2), optionally with the ViT/DeiT layout beside it for contrast.
+  Transformers", ICCV 2021, Fig. 2), optionally with the ViT/DeiT layout beside it for contrast;
+  :func:`draw_residual_schemes` -- one residual branch under each scheme of the paper's Fig. 3.
+* :func:`plot_depth_sweep` and :func:`plot_gamma_evolution` -- the results of the
+  ``layerscale_depth`` experiment (:mod:`cait_edu.experiments`): accuracy against depth for every
+  residual scheme, and how the learned residual scales of each layer moved during training.
+  :func:`summarize_depth_sweep` gives the numbers behind the first plot.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
-__all__ = ["AttentionRecord", "attention_modules", "record_attention", "draw_cait"]
+__all__ = ["AttentionRecord", "attention_modules", "record_attention", "draw_cait", "draw_residual_schemes",
+           "summarize_depth_sweep",
+           "plot_depth_sweep", "plot_gamma_evolution"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,3 +279,314 @@ def draw_cait(
     ax.set_aspect("equal")
     ax.axis("off")
     return fig
+
+
+# (title, paper's panel, boxes of the branch from input to output; a box is (text, kind))
+_SCHEME_DIAGRAMS = [
+    ("none", "Fig. 3(a): ViT / DeiT", [("LayerNorm", "norm"), ("SA or FFN", "branch")]),
+    ("rezero", "Fig. 3(b): ReZero", [("SA or FFN", "branch"), ("× α\nα = 0, one per block", "scale")]),
+    ("fixup", "Fig. 3(b): Fixup", [("+ scalar biases", "scale"), ("SA or FFN\nlast layer = 0", "branch"),
+                                   ("× m, + b\nm = 1, b = 0", "scale")]),
+    ("tfixup", "Fig. 3(b): T-Fixup", [("SA or FFN\nweights × $0.67\\,N^{-1/4}$", "branch")]),
+    ("scalar", "Fig. 3(c)", [("LayerNorm", "norm"), ("SA or FFN", "branch"), ("× α\nα = ε", "scale")]),
+    ("layerscale", "Fig. 3(d): LayerScale", [("LayerNorm", "norm"), ("SA or FFN", "branch"),
+                                            ("× diag($\\lambda_1, …, \\lambda_d$)\n$\\lambda_i$ = ε", "scale")]),
+]
+_KIND_COLORS = {"norm": "#cfe2f3", "branch": "#fce5cd", "scale": "#f4cccc"}
+
+
+def draw_residual_schemes():
+    """One residual branch of a block under each scheme of CaiT's Fig. 3, as ``cait_edu`` names
+    them (``Block(residual_scale=...)``), and return the matplotlib ``Figure``.
+
+    Each column reads bottom-up: the stream ``x_l`` goes straight up the skip connection on the
+    left and through the branch on the right (LayerNorm where the scheme keeps it, the attention
+    or feed-forward layer, the scheme's scale); the two meet at ``+``. Fixup and T-Fixup are drawn
+    in their own papers' norm-free form (``norm=True`` puts LayerNorm back).
+    """
+    import matplotlib.pyplot as plt
+
+    col_w, box_w, box_h, gap = 3.3, 2.3, 0.85, 0.45
+    tallest = max(len(boxes) for _, _, boxes in _SCHEME_DIAGRAMS)
+    y_in, y_split = 0.3, 1.0
+    y_plus = y_split + tallest * (box_h + gap) + 0.55  # the same height in every column
+    height = y_plus + 2.1
+    fig, ax = plt.subplots(figsize=(len(_SCHEME_DIAGRAMS) * col_w * _INCH_PER_UNIT * 1.25, height * _INCH_PER_UNIT * 1.25))
+    for i, (name, paper, boxes) in enumerate(_SCHEME_DIAGRAMS):
+        x0 = i * col_w + 0.4  # the skip connection's x
+        xb = x0 + 0.35 + box_w / 2  # the branch's centre
+        ax.text(x0, y_in - 0.05, "$x_l$", ha="center", va="top", fontsize=10)
+        ax.plot([x0, x0], [y_in, y_plus - 0.18], color="#333333", lw=1.2, zorder=1)  # skip
+        ax.plot([x0, xb], [y_split, y_split], color="#333333", lw=1.2, zorder=1)
+        y = y_split
+        for text, kind in boxes:
+            _arrow(ax, xb, y, xb, y + gap)
+            y += gap
+            _box(ax, xb, y + box_h, box_w, box_h, text, _KIND_COLORS[kind], fontsize=7.5)
+            y += box_h
+        ax.plot([xb, xb], [y, y_plus], color="#333333", lw=1.2, zorder=1)
+        _arrow(ax, xb, y_plus, x0 + 0.2, y_plus)
+        ax.add_patch(plt.Circle((x0, y_plus), 0.18, facecolor="white", edgecolor="#333333", lw=1.2, zorder=3))
+        ax.text(x0, y_plus, "+", ha="center", va="center", fontsize=10, zorder=4)
+        _arrow(ax, x0, y_plus + 0.18, x0, y_plus + 0.6)
+        ax.text(x0, y_plus + 0.65, "$x_{l+1}$", ha="center", va="bottom", fontsize=10)
+        ax.text(x0 - 0.25 + col_w / 2, height - 0.2, f'"{name}"', ha="center", va="top", fontsize=10,
+                weight="bold", family="monospace")
+        ax.text(x0 - 0.25 + col_w / 2, height - 0.7, paper, ha="center", va="top", fontsize=8, style="italic",
+                color="#555555")
+    ax.set_xlim(0, len(_SCHEME_DIAGRAMS) * col_w)
+    ax.set_ylim(-0.3, height)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
+    return fig
+
+# --------------------------------------------------------------------------------------------
+# Experiment results: the layerscale_depth sweep
+# --------------------------------------------------------------------------------------------
+
+_SCHEME_COLORS = {
+    "none": "#555555", "rezero": "#1f77b4", "fixup": "#2ca02c", "tfixup": "#17becf",
+    "scalar": "#ff7f0e", "layerscale": "#d62728",
+}
+_OTHER_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f"]
+
+
+def _scheme_color(scheme: str, order: Sequence[str]) -> str:
+    if scheme in _SCHEME_COLORS:
+        return _SCHEME_COLORS[scheme]
+    others = [s for s in order if s not in _SCHEME_COLORS]
+    return _OTHER_COLORS[others.index(scheme) % len(_OTHER_COLORS)]
+
+
+def _finished_runs(results: Mapping) -> list[dict]:
+    runs = results.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("no finished runs in these results (expected a result file of cait_edu.experiments)")
+    return list(runs.values())
+
+
+def _first_seen(values) -> list:
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def summarize_depth_sweep(results: Mapping, metric: str = "final_top1") -> dict[tuple, dict]:
+    """The numbers behind :func:`plot_depth_sweep`, per ``(scheme, lr, depth)`` (over seeds).
+
+    ``results`` is the contents of a result file of the ``layerscale_depth`` experiment
+    (``data/results/layerscale_depth.json``): runs labelled by ``scheme``, ``depth``, ``lr`` and
+    ``seed``, each with a ``status`` (``ok``, ``stalled`` or ``diverged``) and ``metric``.
+    Diverged runs are counted but kept out of the statistics (their last accuracy says nothing);
+    stalled runs are kept in (their accuracy is real, just close to chance).
+
+    Returns ``{(scheme, lr, depth): {"values", "seeds", "mean", "min", "max", "diverged",
+    "stalled_values"}}``: ``values`` are the finished runs' ``metric`` in seed order (``seeds``
+    their seeds), ``mean`` / ``min`` / ``max`` are ``nan`` when no run of the setting finished,
+    ``diverged`` counts the diverged runs and ``stalled_values`` lists the stalled runs' ``metric``.
+    """
+    table: dict[tuple, dict] = {}
+    for run in sorted(_finished_runs(results), key=lambda r: r["labels"].get("seed", 0)):
+        lab = run["labels"]
+        key = (lab["scheme"], float(lab["lr"]), int(lab["depth"]))
+        row = table.setdefault(key, {"values": [], "seeds": [], "diverged": 0, "stalled_values": []})
+        if run["status"] == "diverged" or run.get(metric) is None:
+            row["diverged"] += 1
+            continue
+        row["values"].append(float(run[metric]))
+        row["seeds"].append(lab.get("seed"))
+        if run["status"] == "stalled":
+            row["stalled_values"].append(float(run[metric]))
+    for row in table.values():
+        v = row["values"]
+        row["mean"] = sum(v) / len(v) if v else math.nan
+        row["min"] = min(v) if v else math.nan
+        row["max"] = max(v) if v else math.nan
+    return table
+
+
+def plot_depth_sweep(
+    results: Mapping,
+    *,
+    metric: str = "final_top1",
+    schemes: Sequence[str] | None = None,
+    chance: float = 10.0,
+    panel_size: tuple[float, float] = (4.0, 3.4),
+):
+    """Accuracy against depth for every residual scheme, one panel per learning rate.
+
+    Each scheme is a line through the mean over seeds of its finished runs at each depth, with a
+    vertical bar from the worst to the best seed. Runs that **diverged** (non-finite loss) are
+    drawn as crosses on the dashed chance line and left out of the mean (a number next to a cross
+    counts several); runs that **stalled** (finished below :data:`cait_edu.experiments.runner.STALLED_BELOW`
+    percent) are circled at their accuracy and stay in the mean. A depth where every run of a
+    scheme diverged leaves a gap in its line. Depths are on a log scale.
+
+    Args:
+        results: a ``layerscale_depth`` result file's contents (see :func:`summarize_depth_sweep`);
+            incomplete sweeps are fine: the title says how many of the planned runs are in.
+        metric: the run field to plot (``"final_top1"`` or ``"best_top1"``).
+        schemes: which schemes, in which order (default: all, in the order of the runs).
+        chance: where diverged runs are drawn (10% for 10 classes).
+
+    Returns the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    table = summarize_depth_sweep(results, metric)
+    all_schemes = _first_seen(k[0] for k in table)
+    schemes = list(all_schemes if schemes is None else schemes)
+    unknown = [s for s in schemes if s not in all_schemes]
+    if unknown:
+        raise ValueError(f"no runs of scheme(s) {unknown}; the results have {all_schemes}")
+    lrs = sorted({k[1] for k in table})
+    depths = sorted({k[2] for k in table})
+    fig, axes = plt.subplots(1, len(lrs), figsize=(panel_size[0] * len(lrs), panel_size[1]), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    span = math.log2(depths[-1] / depths[0]) if len(depths) > 1 else 1.0
+    step = 0.035 * span / max(1, len(schemes) - 1)  # a small sideways shift per scheme, in log2 units
+    for ax, lr in zip(axes, lrs):
+        ax.axhline(chance, color="#999999", ls="--", lw=0.8, zorder=0)
+        for j, scheme in enumerate(schemes):
+            color = _scheme_color(scheme, all_schemes)
+            shift = 2 ** ((j - (len(schemes) - 1) / 2) * step)
+            rows = [(d, table.get((scheme, lr, d))) for d in depths]
+            rows = [(d * shift, row) for d, row in rows if row is not None]
+            if not rows:
+                continue
+            xs = [x for x, _ in rows]
+            means = [row["mean"] for _, row in rows]
+            ax.plot(xs, means, "o-", color=color, ms=4, lw=1.5, label=scheme, gid=f"mean:{scheme}")
+            for x, row in rows:
+                if row["values"]:
+                    ax.plot([x, x], [row["min"], row["max"]], "-", color=color, lw=1.0, alpha=0.6,
+                            gid=f"range:{scheme}")
+                stalled = row["stalled_values"]
+                if stalled:
+                    ax.plot([x] * len(stalled), stalled, "o", ms=9, mfc="none", mec=color, mew=1.2,
+                            gid=f"stalled:{scheme}")
+                if row["diverged"]:
+                    ax.plot([x], [chance], "x", ms=8, mew=2, color=color, gid=f"diverged:{scheme}")
+                    if row["diverged"] > 1:
+                        ax.annotate(f"{row['diverged']}", (x, chance), xytext=(5, 4), textcoords="offset points",
+                                    fontsize=7, color=color)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths)
+        ax.set_xticklabels([str(d) for d in depths])
+        ax.minorticks_off()
+        ax.set_xlabel("depth (blocks)")
+        ax.set_title(f"lr = {lr:g}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{'final' if metric == 'final_top1' else metric} test top-1 (%)")
+    handles = [Line2D([], [], color=_scheme_color(s, all_schemes), marker="o", ms=4, label=s) for s in schemes]
+    handles += [Line2D([], [], color="#333333", marker="x", ls="none", ms=7, mew=2, label="diverged (at chance)"),
+                Line2D([], [], color="#333333", marker="o", ls="none", ms=9, mfc="none", label="stalled")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    planned = results.get("planned_runs")
+    done = len(_finished_runs(results))
+    seeds = _first_seen(r["labels"].get("seed") for r in _finished_runs(results))
+    note = f"{done} of {len(planned)} planned runs" if planned and done < len(planned) else f"{done} runs"
+    fig.suptitle(f"{results.get('experiment', 'depth sweep')}: mean and min-max over {len(seeds)} seed(s); {note}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gamma_evolution(
+    results: Mapping,
+    *,
+    scheme: str = "layerscale",
+    lr: float | None = None,
+    seed: int = 0,
+    depths: Sequence[int] | None = None,
+    panel_size: tuple[float, float] = (4.0, 3.2),
+):
+    """How the learned residual scales of every layer moved during training, one panel per depth.
+
+    Reads each run's ``extra`` list (one record per evaluation:
+    ``{"epoch", "gamma_attn": [...], "gamma_mlp": [...]}``, the mean ``|gamma|`` of each block's
+    attention and MLP branch as :func:`cait_edu.experiments.catalog.residual_scales_summary`
+    records it) and draws, for every evaluation, the per-layer values against the layer index:
+    attention branch solid, MLP branch dashed, the colour going from dark (first evaluation) to
+    light (last). For ``scalar``/``layerscale`` the dotted grey line is the initial value
+    ``eps``. The y axis is logarithmic, since the scales start between ``1e-6`` and ``0.1``.
+
+    Args:
+        results: a ``layerscale_depth`` result file's contents.
+        scheme: a scheme with learned scales (``layerscale``, ``scalar``, ``rezero`` -- whose
+            shared ``alpha`` shows as equal attention and MLP values -- or ``fixup``).
+        lr: the learning rate of the runs to show; may be left out when the results hold one only.
+        seed: which seed's runs.
+        depths: which depths (default: all the results have for that scheme, lr and seed).
+
+    Returns the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    runs = [r for r in _finished_runs(results) if r["labels"]["scheme"] == scheme]
+    if not runs:
+        raise ValueError(f"no runs of scheme {scheme!r}")
+    lrs = sorted({float(r["labels"]["lr"]) for r in runs})
+    if lr is None:
+        if len(lrs) > 1:
+            raise ValueError(f"the results have several learning rates for {scheme!r}: pass lr= one of {lrs}")
+        lr = lrs[0]
+    runs = [r for r in runs if math.isclose(float(r["labels"]["lr"]), lr) and r["labels"].get("seed", 0) == seed]
+    if depths is not None:
+        runs = [r for r in runs if r["labels"]["depth"] in set(depths)]
+    if not runs:
+        raise ValueError(f"no runs of {scheme!r} with lr={lr:g}, seed={seed}" + (f", depths {list(depths)}" if depths else ""))
+    runs.sort(key=lambda r: r["labels"]["depth"])
+    for r in runs:
+        recs = r.get("extra") or []
+        if not recs or all(v is None for rec in recs for v in rec.get("gamma_attn", [None])):
+            raise ValueError(f"run {r.get('id')} recorded no learned scales (scheme {scheme!r} has none, "
+                             "or the run measured nothing)")
+    epochs = sorted({rec["epoch"] for r in runs for rec in r["extra"]})
+    norm = Normalize(vmin=min(epochs), vmax=max(epochs) if max(epochs) > min(epochs) else min(epochs) + 1)
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, len(runs), figsize=(panel_size[0] * len(runs), panel_size[1]), squeeze=False,
+                             layout="constrained")
+    axes = axes[0]
+    for ax, run in zip(axes, runs):
+        depth = run["labels"]["depth"]
+        for rec in sorted(run["extra"], key=lambda rec: rec["epoch"]):
+            color = cmap(norm(rec["epoch"]))
+            for key, ls in (("gamma_attn", "-"), ("gamma_mlp", "--")):
+                vals = [math.nan if v is None or v <= 0 else float(v) for v in rec[key]]
+                ax.plot(range(1, len(vals) + 1), vals, ls, color=color, lw=1.3,
+                        gid=f"{key}:epoch{rec['epoch']}")
+        init = _initial_scale(run)
+        if init is not None:
+            ax.axhline(init, color="#999999", ls=":", lw=1.0, gid="init")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        status = "" if run.get("status", "ok") == "ok" else f" ({run['status']})"
+        ax.set_title(f"depth {depth}{status}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean |scale| per layer")
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label="epoch", fraction=0.03, pad=0.02)
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    fig.suptitle(f"{scheme}, lr = {lr:g}, seed {seed}: attention branch solid, MLP branch dashed", fontsize=10)
+    return fig
+
+
+def _initial_scale(run: Mapping) -> float | None:
+    """The ``eps`` a scalar/LayerScale run started from: its config's ``init_scale`` or the paper's rule."""
+    kwargs = (run.get("config") or {}).get("model_kwargs") or {}
+    if kwargs.get("residual_scale", run["labels"]["scheme"]) not in ("scalar", "layerscale"):
+        return None
+    from .blocks import layerscale_init_for_depth
+
+    eps = kwargs.get("init_scale")
+    return float(eps) if eps is not None else layerscale_init_for_depth(int(run["labels"]["depth"]))
