@@ -16,12 +16,7 @@ from cait_edu.analysis import layer_gradient_norms, residual_blocks, residual_up
 DIM, DEPTH = 32, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(scheme: str, seed: int = 0, **kw) -> nn.Module:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cait_edu.experiments import EXPERIMENTS, Experiment, RunSpec, run_experiment
 from cait_edu.experiments import runner
@@ -18,18 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_helpers import REPO, env, write_fake_cifar  # noqa: E402
 
 EXP = EXPERIMENTS["layerscale_depth"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def fake_data(tmp_path_factory) -> Path:
+    """256 training images: the quick experiments train on 256."""
     return write_fake_cifar(tmp_path_factory.mktemp("fakecifar"), n_train=256, n_test=64)
 
 

@@ -28,7 +28,7 @@ from cait_edu.presets import PRESETS
 from cait_edu.registry import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_helpers import REPO, env, read_metrics, run_cli, set_args, write_fake_cifar, write_image_folder  # noqa: E402
+from _train_helpers import REPO, env, read_metrics, run_cli, set_args, write_image_folder  # noqa: E402
 
 # A small run with every source of randomness on: mixup/cutmix, drop-path, label smoothing, EMA.
 # 128 train images, global batch 32 -> 4 steps per epoch, 2 epochs = 8 steps.
@@ -40,18 +40,9 @@ BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_si
 TOTAL_STEPS = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count as the subprocesses (see _train_helpers.env), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the subprocesses (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory) -> Path:
-    return write_fake_cifar(tmp_path_factory.mktemp("fakecifar"))
 
 
 def _cfg(data: Path, out: Path, **kw) -> T.TrainConfig:

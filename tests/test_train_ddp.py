@@ -45,12 +45,7 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 300) -> subproces
     return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # torchrun gives each rank one thread too
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torchrun gives each rank one thread too
 
 
 def test_world_size_from_environment(monkeypatch):

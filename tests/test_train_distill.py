@@ -23,7 +23,7 @@ from cait_edu.registry import create_model
 from cait_edu.training import distill, loop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_helpers import read_metrics, write_fake_cifar  # noqa: E402
+from _train_helpers import read_metrics  # noqa: E402
 
 # every source of randomness on (see tests/test_train.py); 128 images, batch 32, 8 steps
 BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_size=32, epochs=2, lr=2e-3,
@@ -32,17 +32,9 @@ BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_si
             num_workers=0, log_every=1, eval_every=1, save_every_steps=2, progress=False, seed=3, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory) -> Path:
-    return write_fake_cifar(tmp_path_factory.mktemp("fakecifar"))
 
 
 def _cfg(data: Path, out: Path, **kw) -> T.TrainConfig:

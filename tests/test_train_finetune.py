@@ -20,7 +20,7 @@ from cait_edu.registry import create_model
 from cait_edu.training import loop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_helpers import read_metrics, run_cli, write_fake_cifar, write_image_folder  # noqa: E402
+from _train_helpers import read_metrics, run_cli, write_image_folder  # noqa: E402
 
 # As tests/test_train.py: every source of randomness on (Mixup/CutMix, drop-path, smoothing, EMA);
 # 128 fake CIFAR images, batch 32 -> 4 steps per epoch, 8 steps.
@@ -31,17 +31,9 @@ BASE = dict(model="cait_cifar_nano", dataset="cifar10", recipe="cifar", batch_si
 AT_48 = dict(recipe="deit", img_size=48)  # the DeiT recipe resizes the 32 px images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory) -> Path:
-    return write_fake_cifar(tmp_path_factory.mktemp("fakecifar"))
 
 
 @pytest.fixture(scope="module")
