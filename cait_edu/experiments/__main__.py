@@ -16,7 +16,10 @@ from .runner import run_experiment
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m cait_edu.experiments", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m cait_edu.experiments",
+                                description="Run one of the book's experiments. Results go to data/results/NAME.json "
+                                            "(NAME.quick.json with --quick); re-running the same command skips "
+                                            "finished runs and continues an interrupted one from its checkpoint.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="experiments:\n" + "\n".join(f"  {n}: {e.doc}" for n, e in EXPERIMENTS.items()))
     p.add_argument("name", nargs="?", help="experiment name (see --list)")

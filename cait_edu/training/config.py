@@ -135,8 +135,8 @@ class TrainConfig:
     device: str = "auto"
     """"auto" (CUDA if available, else CPU), "cpu" or "cuda"."""
     amp: str = "auto"
-    """Mixed precision: "auto" (off on CPU; bf16 on a GPU that supports it, else fp16 with a
-    GradScaler), "bf16", "fp16" (GPU only) or "off"."""
+    """Mixed precision: "auto" (off on CPU; bf16 on GPUs with native bf16, compute capability >= 8.0;
+    fp16 with a GradScaler on older ones such as the T4 and V100), "bf16", "fp16" (GPU only) or "off"."""
     compile: bool = False
     """``torch.compile`` the model (checkpoints still hold the plain module's weights)."""
     num_workers: int = 2
