@@ -74,6 +74,18 @@ class PatchEmbed(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]}; resize the input, or build the model for that size with "
                 f"create_model(name, img_size=...) and adapt the weights with resize_pos_embed"
             )
+        weight_dtype = self.proj.weight.dtype
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected float images normalised like the training data, got {x.dtype} values; "
+                "convert and normalise first, e.g. cait_edu.data.build_transform(recipe, train=False, "
+                f"img_size={self.img_size}) on each uint8 image, or (x.float() / 255 - mean) / std"
+            )
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"the images are {x.dtype} but the model's weights are {weight_dtype}; "
+                f"use x.to({weight_dtype}) (or convert the model with model.to({x.dtype}))"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, dim, H/p, W/p)

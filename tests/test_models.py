@@ -317,3 +317,14 @@ def test_count_macs_builds_its_input_on_the_models_device_and_dtype(name):
     expected = cait_edu.count_macs(m)
     assert cait_edu.count_macs(m.double()) == expected
     assert cait_edu.count_macs(m.to("meta")) == expected
+
+
+def test_wrong_image_dtype_says_what_the_model_expects():
+    model = cait_edu.create_model("cait_cifar_nano").eval()
+    with pytest.raises(TypeError, match=r"expected float images normalised .* got torch.uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"images are torch.float64 but the model's weights are torch.float32"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision still takes float32 images
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert model.double()(torch.zeros(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
