@@ -4,6 +4,8 @@ Read top-down, this file follows the paper (Touvron et al., "Going deeper with I
 Transformers", ICCV 2021, arXiv:2103.17239):
 
 * :class:`PatchEmbed`     -- image to patch tokens (ViT, Dosovitskiy et al. 2021, Sec. 3.1).
+* :class:`ConvStem`       -- image to tokens through a few strided 3x3 convolutions instead
+  (Xiao et al. 2021, "Early convolutions help transformers see better").
 * :class:`Mlp`            -- the feed-forward network of every block (ratio 4, GELU).
 * :class:`Attention`      -- plain multi-head self-attention (the ViT/DeiT baseline).
 * :class:`TalkingHeadsAttention` -- CaiT's self-attention: logits mixed across heads before
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "PatchEmbed",
+    "ConvStem",
     "Mlp",
     "Attention",
     "TalkingHeadsAttention",
@@ -74,7 +77,7 @@ class PatchEmbed(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]}; resize the input, or build the model for that size with "
                 f"create_model(name, img_size=...) and adapt the weights with resize_pos_embed"
             )
-        weight_dtype = self.proj.weight.dtype
+        weight_dtype = next(self.parameters()).dtype
         if not x.is_floating_point():
             raise TypeError(
                 f"expected float images normalised like the training data, got {x.dtype} values; "
@@ -90,6 +93,38 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, dim, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, dim)
+
+
+class ConvStem(PatchEmbed):
+    """A convolutional stem in place of the linear patch embedding (Xiao et al. 2021, "Early
+    convolutions help transformers see better", Sec. 3).
+
+    For a patch size ``p = 2^k``: ``k`` layers of 3x3 convolution with stride 2, BatchNorm and ReLU,
+    the channels doubling up to ``dim`` (``dim / 2^(k-1)``, ..., ``dim / 2``, ``dim``), then a 1x1
+    convolution to ``dim``. The tokens come out on the same ``H/p x W/p`` grid as
+    :class:`PatchEmbed`'s, so the rest of the model is unchanged; what changes is that each token
+    sees overlapping neighbourhoods through a few non-linear layers instead of one linear map of its
+    own ``p x p`` pixels. (Xiao et al. use 4 stride-2 layers for 16 px patches and remove one
+    transformer block to keep the compute; here the stem is an option of the model, and the
+    parameter and MAC counts say what it costs.)
+
+    ``(B, C, H, W) -> (B, N, dim)``.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, dim: int = 768):
+        super().__init__(img_size, patch_size, in_chans, dim)
+        k = patch_size.bit_length() - 1
+        if patch_size < 2 or 2**k != patch_size:
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch_size}")
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i in range(k):
+            out = max(1, dim // 2 ** (k - 1 - i))
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True)]
+            channels = out
+        layers.append(nn.Conv2d(channels, dim, kernel_size=1))
+        self.proj = nn.Sequential(*layers)
 
 
 class Mlp(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Block, ClassAttentionBlock, drop_path_rates, init_residual_scheme, layerscale_init_for_depth
-from .layers import Attention, PatchEmbed, TalkingHeadsAttention
+from .layers import Attention, ConvStem, PatchEmbed, TalkingHeadsAttention
 
 __all__ = ["ViT", "CaiT", "init_weights"]
 
@@ -35,6 +35,18 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+STEMS = ("linear", "conv")
+
+
+def _make_stem(stem: str, img_size: int, patch_size: int, in_chans: int, dim: int) -> PatchEmbed:
+    """``"linear"``: the paper's patch embedding; ``"conv"``: a convolutional stem (Xiao et al. 2021)."""
+    if stem == "linear":
+        return PatchEmbed(img_size, patch_size, in_chans, dim)
+    if stem == "conv":
+        return ConvStem(img_size, patch_size, in_chans, dim)
+    raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
 
 
 class _VisionTransformerBase(nn.Module):
@@ -78,7 +90,9 @@ class ViT(_VisionTransformerBase):
     (:func:`~cait_edu.blocks.layerscale_init_for_depth`); ``norm=None`` the scheme's default.
     The depth-dependent initialisation of Fixup/T-Fixup is applied after the default one
     (:func:`~cait_edu.blocks.init_residual_scheme`); Fixup also zeroes the head.
-    Stochastic depth ramps linearly from 0 to ``drop_path_rate`` over the blocks, as in DeiT
+    ``stem="conv"`` replaces the linear patch embedding by a convolutional stem
+    (:class:`~cait_edu.layers.ConvStem`). Stochastic depth ramps linearly from 0 to
+    ``drop_path_rate`` over the blocks, as in DeiT
     (``drop_path_schedule="uniform"`` gives every block the same rate, as CaiT does).
     """
 
@@ -100,12 +114,13 @@ class ViT(_VisionTransformerBase):
         init_scale: float | None = None,
         norm: bool | None = None,
         drop_path_schedule: str = "linear",
+        stem: str = "linear",
     ):
         super().__init__()
         self.num_classes = num_classes
         self.dim = dim
         self.depth = depth
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        self.patch_embed = _make_stem(stem, img_size, patch_size, in_chans, dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, dim))
@@ -153,7 +168,8 @@ class CaiT(_VisionTransformerBase):
     ``residual_scale``/``norm`` switch the self-attention stage to another residual scheme of
     Fig. 3 (see :mod:`cait_edu.blocks`; Fixup also zeroes the head); the class-attention stage keeps
     LayerScale with ``init_scale`` whatever the scheme.
-    ``talking_heads=False`` swaps in plain attention (the ablation of Sec. 4).
+    ``talking_heads=False`` swaps in plain attention (the ablation of Sec. 4). ``stem="conv"``
+    replaces the linear patch embedding by a convolutional stem (:class:`~cait_edu.layers.ConvStem`).
 
     Where the class token joins (the ablation of Sec. 4 / Table 3): ``class_token_layer=k`` inserts
     it before self-attention block ``k``, so blocks ``k .. depth-1`` process it together with the
@@ -185,6 +201,7 @@ class CaiT(_VisionTransformerBase):
         drop_path_schedule: str = "uniform",
         norm: bool | None = None,
         class_token_layer: int | None = None,
+        stem: str = "linear",
     ):
         super().__init__()
         class_token_layer = depth if class_token_layer is None else class_token_layer
@@ -197,7 +214,7 @@ class CaiT(_VisionTransformerBase):
         self.num_classes = num_classes
         self.dim = dim
         self.depth = depth
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        self.patch_embed = _make_stem(stem, img_size, patch_size, in_chans, dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))  # patches only

@@ -328,3 +328,27 @@ def test_wrong_image_dtype_says_what_the_model_expects():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision still takes float32 images
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert model.double()(torch.zeros(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["cait_cifar_nano", "deit_cifar_tiny"])
+def test_conv_stem_is_a_drop_in_patch_embedding(name):
+    from cait_edu.layers import ConvStem
+
+    torch.manual_seed(0)
+    model = cait_edu.create_model(name, stem="conv")
+    stem = model.patch_embed
+    assert isinstance(stem, ConvStem) and stem.num_patches == 64  # same 8x8 grid as patch 4
+    strided = [m for m in stem.proj if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 2 and all(m.kernel_size == (3, 3) for m in strided)  # log2(4) layers
+    assert [m.out_channels for m in stem.proj if isinstance(m, nn.Conv2d)] == [model.dim // 2, model.dim, model.dim]
+    x = torch.randn(2, 3, 32, 32)
+    assert stem(x).shape == (2, 64, model.dim) and model(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="takes 32x32 images"):
+        model(torch.randn(2, 3, 40, 40))
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    assert stem.proj[0].weight.grad is not None and stem.proj[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        ConvStem(30, 6, 3, 32)
+    with pytest.raises(ValueError, match="unknown stem 'resnet'"):
+        cait_edu.create_model(name, stem="resnet")
