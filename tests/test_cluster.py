@@ -12,11 +12,13 @@ same weights, bit for bit, as a job that was never stopped.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,21 @@ def test_script_is_package_data_and_printed():
     r = subprocess.run([sys.executable, "-m", "cait_edu.cluster", "--show"], cwd=REPO, env=env(), capture_output=True,
                        text=True, timeout=60)
     assert r.stdout == sbatch_script()
+
+
+def test_wheel_ships_the_script(tmp_path):
+    """``pip install`` must install the script beside the module that prints its path."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "cait_edu", src / "cait_edu", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert "cait_edu/cluster/train_imagenet.sbatch" in zipfile.ZipFile(wheel).namelist()
 
 
 def test_script_text():
