@@ -49,7 +49,7 @@ from typing import Any
 
 from .registry import MODEL_SPECS
 
-__all__ = ["Preset", "PRESETS", "list_presets", "get_preset"]
+__all__ = ["Preset", "PRESETS", "list_presets", "get_preset", "recipe_table"]
 
 
 @dataclass(frozen=True)
@@ -211,3 +211,75 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+# How recipe_table names the settings, in the order it shows them. "start" (from random weights or a
+# checkpoint, and what happens to the head) and "teacher" (distillation, teacher, its weights) each
+# fold several config fields into one cell, so that the table stays narrow enough to read.
+_RECIPE_LABELS = {
+    "img_size": "res", "start": "starts from", "epochs": "epochs", "batch_size": "batch", "lr": "lr",
+    "warmup_epochs": "warmup epochs", "warmup_lr": "warmup from lr", "min_lr": "final lr",
+    "drop_path_rate": "drop-path", "crop_ratio": "eval crop", "teacher": "distillation", "dataset": "data",
+    "recipe": "augmentation", "weight_decay": "weight decay", "betas": "AdamW betas", "eps": "AdamW eps",
+    "label_smoothing": "label smoothing", "mixup_alpha": "Mixup alpha", "cutmix_alpha": "CutMix alpha",
+    "mixup_switch_prob": "probability of CutMix instead of Mixup", "mixup_prob": "probability a batch is mixed",
+    "repeats": "repeated augmentation", "ema": "EMA of the weights", "grad_clip": "gradient clipping",
+    "amp": "precision", "num_workers": "loader workers per process",
+}
+
+
+def _recipe_value(key: str, value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if key == "recipe":
+        return {"deit": "DeiT's: random-resized crop (bicubic), flip, RandAugment m9, random erasing 0.25",
+                "cifar": "crop + flip"}.get(value, str(value))
+    if key == "amp":
+        return {"auto": "mixed (bf16, or fp16 + loss scaling) on GPUs"}.get(value, str(value))
+    if key == "repeats":
+        return f"x{value}"
+    if isinstance(value, tuple):
+        return ", ".join(f"{v:g}" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _recipe_cells(name: str) -> dict[str, str]:
+    """One preset's settings as table cells (``_RECIPE_LABELS`` keys)."""
+    from .training.config import make_config
+
+    cfg = make_config(name)
+    cells = {k: _recipe_value(k, getattr(cfg, k)) for k in _RECIPE_LABELS if k not in ("start", "teacher")}
+    if "finetune" in PRESETS[name].requires:
+        head = {"keep": "head kept", "reset": "new head", "auto": "head kept if the classes match"}[cfg.finetune_head]
+        cells["start"] = f"a checkpoint at lower resolution (--finetune), {head}"
+    else:
+        cells["start"] = "random weights"
+    cells["teacher"] = ("none" if cfg.distillation == "none" else
+                        f"{cfg.distillation}, teacher {cfg.teacher}" + (f" ({cfg.teacher_weights})" if cfg.teacher_weights
+                                                                         else ""))
+    return cells
+
+
+def recipe_table(names: list[str] | None = None) -> str:
+    """The recipes of ``names`` (default: every CaiT ImageNet preset) as Markdown, from :data:`PRESETS`.
+
+    First a table with one row per preset and a column for each setting that differs between
+    them; then a table of the settings they all share. Nothing is typed twice: a change to a
+    preset changes the table. A preset whose model is not the one it is named after says so
+    (``cait_m48_448_finetune (cait_m48_448)``)."""
+    if names is None:
+        names = [n for n, p in PRESETS.items() if p.fields.get("dataset") == "imagenet" and n.startswith("cait_")]
+    rows = [(name if PRESETS[name].fields["model"] == name else f"{name} ({PRESETS[name].fields['model']})",
+             _recipe_cells(name)) for name in names]
+    differ = [k for k in _RECIPE_LABELS if len({r[k] for _, r in rows}) > 1]
+    shared = [k for k in _RECIPE_LABELS if k not in differ]
+    lines = ["| preset | " + " | ".join(_RECIPE_LABELS[k] for k in differ) + " |",
+             "|---|" + "---|" * len(differ)]
+    lines += [f"| {name} | " + " | ".join(r[k] for k in differ) + " |" for name, r in rows]
+    lines += ["", "| shared by every row | |", "|---|---|"]
+    lines += [f"| {_RECIPE_LABELS[k]} | {rows[0][1][k]} |" for k in shared]
+    return "\n".join(lines)

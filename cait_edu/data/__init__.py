@@ -14,6 +14,9 @@ split the work as follows:
 * :mod:`~cait_edu.data.folders` -- class-folder datasets through
   ``torchvision.datasets.ImageFolder``: :func:`load_imagenet` (ImageNet-1k) and
   :func:`load_imagefolder` (any ``<data_dir>/<split>/<class>/<image>`` tree).
+* :mod:`~cait_edu.data.imagenet_prep` -- :func:`prepare_imagenet_val` moves the 50,000 ImageNet
+  validation images into ``val/<wnid>/`` folders from a labels file (the devkit's, or others);
+  ``python -m cait_edu.data imagenet-val VAL_DIR LABELS`` on the command line.
 * :mod:`~cait_edu.data.transforms` -- :func:`build_transform` builds the
   DeiT/CaiT ImageNet recipe (Touvron et al., "Training data-efficient image
   transformers & distillation through attention", 2021, whose recipe CaiT
@@ -39,6 +42,7 @@ resume to exactly the same batches.
 from .cifar10 import BATCHES_DIR, CIFAR10_CLASSES, NPZ_NAME, load_cifar10
 from .datasets import ArrayDataset, fixed_subset, resolve_data_dir
 from .folders import load_imagefolder, load_imagenet
+from .imagenet_prep import prepare_imagenet_val, read_val_labels
 from .mixing import MixupCutmix, sample_beta, smooth_one_hot
 from .sampling import EpochSampler, SeededDataset, make_loader
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -61,6 +65,8 @@ __all__ = [
     "load_imagefolder",
     "load_imagenet",
     "make_loader",
+    "prepare_imagenet_val",
+    "read_val_labels",
     "resolve_data_dir",
     "sample_beta",
     "smooth_one_hot",

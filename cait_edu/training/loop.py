@@ -48,7 +48,7 @@ from .distill import make_criterion, prepare_teacher
 from .ema import ModelEma
 from .evaluate import evaluate
 from .finetune import open_finetune_source
-from .hardware import Dist, autocast, choose_amp, device_type, setup_distributed, tf32_matmuls
+from .hardware import Dist, adamw_options, autocast, choose_amp, device_type, setup_distributed, tf32_matmuls
 from .metrics import MetricsLog, progress_enabled
 from .optim import lr_at_step, param_groups
 from .seeds import MIX_STREAM, STEP_STREAM, derived_seed
@@ -116,7 +116,8 @@ class Trainer:
             self.num_classes, cfg.img_size, self.device, cfg.seed)
         self.criterion = make_criterion(self.teacher)
         groups = param_groups(self.model, cfg.weight_decay, exempt=cfg.exempt_from_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                           **adamw_options(self.device))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema else None
         self.mixer = D.MixupCutmix(self.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_switch_prob,
