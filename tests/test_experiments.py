@@ -174,3 +174,36 @@ def test_every_experiment_runs_quickly(name, tmp_path, fake_data):
     assert {r.id for r in exp.runs(True, 2)} <= {r.id for r in full}
     for r in full:
         validate_config(make_config(**r.config))
+
+
+def test_two_workers_share_a_sweep_without_losing_or_repeating_runs(quick_result, tmp_path, monkeypatch):
+    """A run claimed by another process is skipped; a run that other process records meanwhile is
+    kept in the file (merged, not overwritten); runs the current plan does not name are kept too."""
+    _, res = quick_result
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    results.mkdir()
+    planned = list(res["runs"])
+    busy, finished_elsewhere = planned[0], planned[2]
+    extra = json.loads(json.dumps(res["runs"][planned[3]]))
+    extra["id"] = "from-another-plan"
+    (results / "layerscale_depth.quick.json").write_text(json.dumps({"runs": {"from-another-plan": extra}}))
+    trained = []
+
+    def fake_train_one(exp, spec, run_dir, data_dir, commit, say):
+        if not trained:  # meanwhile, the other worker finishes a run and records it
+            on_disk = json.loads((results / "layerscale_depth.quick.json").read_text())
+            on_disk["runs"][finished_elsewhere] = res["runs"][finished_elsewhere]
+            (results / "layerscale_depth.quick.json").write_text(json.dumps(on_disk))
+        trained.append(spec.id)
+        return res["runs"][spec.id]
+
+    monkeypatch.setattr(runner, "_train_one", fake_train_one)
+    with runner._claim(runs_dir / "layerscale_depth" / ".locks" / f"{busy}.lock") as mine:
+        assert mine  # the "other worker" trains `busy`
+        out = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=runs_dir, say=lambda m: None)
+    assert trained == [planned[1], planned[3]]  # neither the claimed run nor the one recorded meanwhile
+    assert set(out["runs"]) == set(planned[1:]) | {"from-another-plan"} and not out["complete"]
+    assert list(out["runs"])[:3] == planned[1:]  # planned order first
+    assert out["wall_time_s"] == pytest.approx(sum(res["runs"][r]["wall_time_s"] for r in planned[1:]), abs=0.5)
+    again = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=runs_dir, say=lambda m: None)
+    assert trained == [planned[1], planned[3], busy] and again["complete"]

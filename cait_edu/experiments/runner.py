@@ -18,6 +18,7 @@ pieces.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +28,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -192,6 +193,12 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     ``<name>.quick.json``), ``runs_dir`` to ``runs/experiments`` (checkpoints, git-ignored).
     ``max_runs`` stops after that many runs (to fit a session). A run already in the file whose
     config no longer matches the experiment's definition is run again.
+
+    Several processes may run the same experiment at once (one per core: small models use cores
+    far better side by side than as threads of one run). Each run is claimed with a lock held while
+    it trains, so no two processes train the same run, and each finished run is merged into the
+    result file under a second lock, so none overwrites another's. A killed process drops its
+    claims; its half-done run is continued by whichever process comes to it next.
     """
     seeds = exp.default_seeds if seeds is None else seeds
     commit = git_commit()  # the code this process runs (imported now, whatever is committed later)
@@ -202,24 +209,63 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     results_dir = Path(results_dir) if results_dir is not None else REPO / "data" / "results"
     runs_dir = Path(runs_dir) if runs_dir is not None else REPO / "runs" / "experiments"
     path = results_dir / f"{exp.name}{'.quick' if quick else ''}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    done = {rid: rec for rid, rec in old.get("runs", {}).items() if rid in ids}
-    results = {
+    header = {
         "experiment": exp.name, "doc": exp.doc, "quick": quick, "seeds": seeds,
         "command": command or " ".join(["python -m cait_edu.experiments", exp.name]
                                        + (["--quick"] if quick else []) + [f"--seeds {seeds}"]),
-        "machine": machine_info(), "git_commit": commit, "planned_runs": ids, "runs": done,
+        "machine": machine_info(), "git_commit": commit, "planned_runs": ids,
     }
-    # A recorded run counts as done if its config is the definition's; fields added to TrainConfig
-    # after it was recorded take their defaults (which leave the training unchanged).
-    todo = [s for s in specs if s.id not in done
-            or _config_key(_portable(config_from_dict(done[s.id]["config"]))) != _config_key(_resolved(s))]
-    for n, spec in enumerate(todo):
-        if max_runs is not None and n >= max_runs:
+    lock_dir = runs_dir / exp.name / ".locks"
+    trained = 0
+    for spec in specs:
+        if max_runs is not None and trained >= max_runs:
             break
-        results["runs"][spec.id] = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, commit, say)
-        _finish(results, path)
-    return _finish(results, path)
+        if _is_done(spec, _read_runs(path)):
+            continue
+        with _claim(lock_dir / f"{spec.id}.lock") as mine:
+            # Another process may hold it, or may have finished it since we last looked.
+            if not mine or _is_done(spec, _read_runs(path)):
+                continue
+            record = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, commit, say)
+            trained += 1
+            with _claim(lock_dir / ".results.lock", wait=True):
+                _finish(header, {**_read_runs(path), spec.id: record}, path)
+    with _claim(lock_dir / ".results.lock", wait=True):
+        return _finish(header, _read_runs(path), path)
+
+
+def _read_runs(path: Path) -> dict:
+    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+
+
+def _is_done(spec: RunSpec, runs: dict) -> bool:
+    """A recorded run counts as done if its config is the definition's; fields added to TrainConfig
+    after it was recorded take their defaults (which leave the training unchanged)."""
+    rec = runs.get(spec.id)
+    return rec is not None and _config_key(_portable(config_from_dict(rec["config"]))) == _config_key(_resolved(spec))
+
+
+@contextlib.contextmanager
+def _claim(lock: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold an exclusive lock on ``lock`` (an advisory ``flock``, dropped by the OS if the process
+    dies); yields False at once if another process holds it and ``wait`` is False. Where ``fcntl``
+    does not exist (Windows) it always yields True: run one process per experiment there."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _portable(cfg) -> dict:
@@ -234,10 +280,13 @@ def _resolved(spec: RunSpec) -> dict:
     return _portable(make_config(**spec.config))
 
 
-def _finish(results: dict, path: Path) -> dict:
-    runs = results["runs"]
-    results["runs"] = {rid: runs[rid] for rid in results["planned_runs"] if rid in runs}  # planned order
-    results["complete"] = len(results["runs"]) == len(results["planned_runs"])
-    results["wall_time_s"] = round(sum(r["wall_time_s"] for r in results["runs"].values()), 1)
+def _finish(header: dict, runs: dict, path: Path) -> dict:
+    """Write the result file: the header, then the recorded runs in planned order, then any run the
+    current plan does not name (e.g. a second seed's when this command asked for one seed: kept, not lost)."""
+    planned = header["planned_runs"]
+    results = {**header, "runs": {rid: runs[rid] for rid in planned if rid in runs}}
+    results["complete"] = len(results["runs"]) == len(planned)
+    results["runs"].update({rid: rec for rid, rec in runs.items() if rid not in results["runs"]})
+    results["wall_time_s"] = round(sum(results["runs"][rid]["wall_time_s"] for rid in planned if rid in runs), 1)
     _write_json(path, results)
     return results
