@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from cait_edu.experiments import EXPERIMENTS, Experiment, RunSpec, run_experiment
+from cait_edu.experiments import EXPERIMENTS, Experiment, RunSpec, load_trained, run_experiment
 from cait_edu.experiments import runner
 from cait_edu.train import make_config, train, validate_config
 
@@ -162,9 +163,15 @@ def test_a_config_field_added_later_does_not_invalidate_recorded_runs(quick_resu
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "layerscale_depth"])
 def test_every_experiment_runs_quickly(name, tmp_path, fake_data):
     exp = EXPERIMENTS[name]
-    res = run_experiment(exp, quick=True, seeds=1, results_dir=tmp_path, runs_dir=tmp_path / "runs",
+    res = run_experiment(exp, quick=True, seeds=1, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
                          data_dir=str(fake_data), say=lambda m: None)
     assert res["complete"] and len(res["runs"]) == len(exp.runs(True, 1))
+    for rid in exp.keep_weights:  # kept models rebuild from their file and give the recorded accuracy's model
+        model, info = load_trained(f"{name}.quick", rid, root=tmp_path / "trained")
+        assert info["run"] == rid and info["step"] == res["runs"][rid]["steps"]
+        assert info["final_top1"] == res["runs"][rid]["final_top1"]
+        assert sum(p.numel() for p in model.parameters()) == res["runs"][rid]["extra"][-1]["params"]
+    assert (tmp_path / "trained").is_dir() == bool(exp.keep_weights)
     for rec in res["runs"].values():
         assert rec["status"] in ("ok", "stalled") and rec["steps"] == 4, rec["id"]
         if exp.extra_metrics is not None and "macs" in rec["extra"][-1]:
@@ -207,3 +214,26 @@ def test_two_workers_share_a_sweep_without_losing_or_repeating_runs(quick_result
     assert out["wall_time_s"] == pytest.approx(sum(res["runs"][r]["wall_time_s"] for r in planned[1:]), abs=0.5)
     again = run_experiment(EXP, quick=True, seeds=1, results_dir=results, runs_dir=runs_dir, say=lambda m: None)
     assert trained == [planned[1], planned[3], busy] and again["complete"]
+
+
+def test_a_kept_run_without_its_weights_file_runs_again_and_bad_files_are_refused(tmp_path, fake_data):
+    base = dict(EXP.runs(True, 1)[0].config)
+    exp = Experiment("keep", "one run whose weights are kept", lambda quick, seeds: [RunSpec("a", base)],
+                     keep_weights=("a",))
+    results = tmp_path / "results"
+    first = run_experiment(exp, quick=True, seeds=1, results_dir=results, runs_dir=tmp_path / "runs",
+                           data_dir=str(fake_data), say=lambda m: None)
+    kept = tmp_path / "trained" / "keep.quick" / "a.pt"
+    model, info = load_trained("keep.quick", "a", root=tmp_path / "trained")
+    kept.unlink()
+    with pytest.raises(FileNotFoundError, match="python -m cait_edu.experiments keep"):
+        load_trained("keep.quick", "a", root=tmp_path / "trained")
+    again = run_experiment(exp, quick=True, seeds=1, results_dir=results, runs_dir=tmp_path / "runs2",
+                           data_dir=str(fake_data), say=lambda m: None)
+    assert kept.is_file() and again["runs"]["a"]["final_top1"] == first["runs"]["a"]["final_top1"]
+    model2, _ = load_trained("keep.quick", "a", root=tmp_path / "trained")
+    for (n, p), p2 in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(p, p2), n  # the same seed trains the same weights
+    kept.rename(kept.with_name("b.pt"))  # a file under another run's name
+    with pytest.raises(ValueError, match="holds run keep.quick/a, not keep.quick/b"):
+        load_trained("keep.quick", "b", root=tmp_path / "trained")

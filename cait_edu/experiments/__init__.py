@@ -5,5 +5,6 @@
 """
 from .catalog import EXPERIMENTS
 from .runner import Experiment, RunSpec, run_experiment
+from .trained import load_trained
 
-__all__ = ["EXPERIMENTS", "Experiment", "RunSpec", "run_experiment"]
+__all__ = ["EXPERIMENTS", "Experiment", "RunSpec", "run_experiment", "load_trained"]

@@ -46,4 +46,5 @@ def _runs(quick: bool, seeds: int) -> list[RunSpec]:
 CLASS_ATTENTION = Experiment(
     "class_attention",
     "where the class token joins (from the start / late into SA layers / 1 or 2 CA layers), talking heads on/off",
-    _runs, extra_metrics=model_size, default_seeds=2)
+    _runs, extra_metrics=model_size, default_seeds=2,
+    keep_weights=("cls@6+2CA-th-s0",))  # CaiT's own design: its class-attention maps are in the chapter

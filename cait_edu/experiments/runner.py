@@ -37,6 +37,7 @@ from ..training.config import DivergenceError, config_from_dict, make_config
 from ..training.loop import train
 from ..training.metrics import finite_or_none
 from ..training.validate import validate_config
+from .trained import save_trained, trained_path
 
 __all__ = ["RunSpec", "Experiment", "run_experiment", "machine_info", "git_commit", "STALLED_BELOW"]
 
@@ -66,6 +67,9 @@ class Experiment:
     runs: Callable[[bool, int], list[RunSpec]]
     extra_metrics: Callable[[nn.Module], dict] | None = None
     default_seeds: int = 2
+    keep_weights: tuple[str, ...] = ()
+    """Run ids whose final weights are kept (``data/trained/<name>/<id>.pt``, see :mod:`.trained`);
+    such a run counts as done only once its weights file exists."""
 
 
 def git_commit() -> str:
@@ -192,7 +196,8 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     ``results_dir`` defaults to the repository's ``data/results`` (quick runs write
     ``<name>.quick.json``), ``runs_dir`` to ``runs/experiments`` (checkpoints, git-ignored).
     ``max_runs`` stops after that many runs (to fit a session). A run already in the file whose
-    config no longer matches the experiment's definition is run again.
+    config no longer matches the experiment's definition is run again, as is a run in
+    ``exp.keep_weights`` whose weights file is missing; kept weights go to ``results_dir/../trained``.
 
     Several processes may run the same experiment at once (one per core: small models use cores
     far better side by side than as threads of one run). Each run is claimed with a lock held while
@@ -216,18 +221,28 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
         "machine": machine_info(), "git_commit": commit, "planned_runs": ids,
     }
     lock_dir = runs_dir / exp.name / ".locks"
+    kept_as = exp.name + (".quick" if quick else "")  # a quick run never replaces a real run's weights
+    kept = {s.id: trained_path(kept_as, s.id, results_dir.parent / "trained")
+            for s in specs if s.id in exp.keep_weights}
+
+    def done(spec: RunSpec) -> bool:
+        return _is_done(spec, _read_runs(path)) and (spec.id not in kept or kept[spec.id].is_file())
+
     trained = 0
     for spec in specs:
         if max_runs is not None and trained >= max_runs:
             break
-        if _is_done(spec, _read_runs(path)):
+        if done(spec):
             continue
         with _claim(lock_dir / f"{spec.id}.lock") as mine:
             # Another process may hold it, or may have finished it since we last looked.
-            if not mine or _is_done(spec, _read_runs(path)):
+            if not mine or done(spec):
                 continue
-            record = _train_one(exp, spec, runs_dir / exp.name / spec.id, data_dir, commit, say)
+            run_dir = runs_dir / exp.name / spec.id
+            record = _train_one(exp, spec, run_dir, data_dir, commit, say)
             trained += 1
+            if spec.id in kept and record["status"] != "diverged":
+                save_trained(run_dir, record, kept_as, kept[spec.id])
             with _claim(lock_dir / ".results.lock", wait=True):
                 _finish(header, {**_read_runs(path), spec.id: record}, path)
     with _claim(lock_dir / ".results.lock", wait=True):
