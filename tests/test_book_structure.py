@@ -54,6 +54,8 @@ def test_colab_setup_cell_hidden_and_title_first(docname):
     setup = cells[0]
     assert setup["cell_type"] == "code" and "google.colab" in "".join(setup["source"]), \
         "a chapter opens with the Colab setup cell"
+    assert "git clone" in "".join(setup["source"]) and "CAIT_EDU_DATA" in "".join(setup["source"]), \
+        "in Colab the chapter needs the repository's data/ (result files, kept models), not only the package"
     assert "remove-cell" in setup.get("metadata", {}).get("tags", []), \
         "the Colab setup cell is tagged remove-cell, so the page opens with its title"
     shown = [c for c in cells if "remove-cell" not in c.get("metadata", {}).get("tags", [])]

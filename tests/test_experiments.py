@@ -237,3 +237,33 @@ def test_a_kept_run_without_its_weights_file_runs_again_and_bad_files_are_refuse
     kept.rename(kept.with_name("b.pt"))  # a file under another run's name
     with pytest.raises(ValueError, match="holds run keep.quick/a, not keep.quick/b"):
         load_trained("keep.quick", "b", root=tmp_path / "trained")
+
+
+def test_summarize_runs_groups_over_seeds_and_keeps_diverged_runs_out():
+    from cait_edu.experiments.summary import mean_spread, summarize_runs
+
+    def run(p, th, seed, top1, status="ok"):
+        return {"labels": {"placement": p, "talking_heads": th, "seed": seed}, "status": status,
+                "final_top1": top1}
+
+    results = {"runs": {str(i): r for i, r in enumerate([
+        run("b", True, 1, 42.0), run("a", True, 0, 38.0), run("a", True, 1, 39.0), run("b", True, 0, 40.0),
+        run("a", False, 0, 12.0, "diverged")])}}
+    table = summarize_runs(results, ["placement", "talking_heads"])
+    assert list(table) == [("b", True), ("a", True), ("a", False)]  # first appearance in the file
+    b = table[("b", True)]
+    assert b["values"] == [40.0, 42.0] and b["seeds"] == [0, 1] and b["mean"] == 41.0 and b["spread"] == 1.0
+    assert mean_spread(b) == "41.0 ± 1.0" and mean_spread(table[("a", True)], 2) == "38.50 ± 0.50"
+    dead = table[("a", False)]
+    assert dead["diverged"] == 1 and dead["values"] == [] and mean_spread(dead) == "– (+1 diverged)"
+
+
+def test_load_results_reads_the_data_directory_and_names_the_command_when_missing(tmp_path, monkeypatch):
+    from cait_edu.experiments import load_results
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text('{"runs": {}}')
+    monkeypatch.setenv("CAIT_EDU_DATA", str(tmp_path))
+    assert load_results("x") == {"runs": {}}
+    with pytest.raises(FileNotFoundError, match="python -m cait_edu.experiments y"):
+        load_results("y")

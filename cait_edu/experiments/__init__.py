@@ -5,6 +5,8 @@
 """
 from .catalog import EXPERIMENTS
 from .runner import Experiment, RunSpec, run_experiment
+from .summary import load_results, mean_spread, summarize_runs
 from .trained import load_trained
 
-__all__ = ["EXPERIMENTS", "Experiment", "RunSpec", "run_experiment", "load_trained"]
+__all__ = ["EXPERIMENTS", "Experiment", "RunSpec", "run_experiment", "load_results", "load_trained",
+           "summarize_runs", "mean_spread"]

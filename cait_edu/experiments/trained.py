@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data import resolve_data_dir
 from ..registry import create_model
 from ..training.checkpoints import atomic_torch_save, load_checkpoint
 from ..training.config import config_from_dict, model_overrides
@@ -20,11 +21,12 @@ from ..training.config import config_from_dict, model_overrides
 __all__ = ["TRAINED_FORMAT", "trained_path", "save_trained", "load_trained"]
 
 TRAINED_FORMAT = "cait_edu.trained/1"
-TRAINED_DIR = Path(__file__).resolve().parents[2] / "data" / "trained"
 
 
 def trained_path(experiment: str, run_id: str, root: str | Path | None = None) -> Path:
-    return Path(root if root is not None else TRAINED_DIR) / experiment / f"{run_id}.pt"
+    """``root/<experiment>/<run id>.pt``; ``root`` defaults to ``trained/`` in the data directory
+    (:func:`cait_edu.data.resolve_data_dir`: the repository's ``data/``, or ``$CAIT_EDU_DATA``)."""
+    return Path(root if root is not None else resolve_data_dir() / "trained") / experiment / f"{run_id}.pt"
 
 
 def save_trained(run_dir: Path, record: dict, experiment: str, dest: Path) -> None:
