@@ -4,31 +4,22 @@ Cheap, static checks that hold for every chapter, including the ones added later
 pages themselves are checked in a browser by ``tests/check_rendered_book.py`` after the build.
 """
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_rendered_book import toc_docnames  # noqa: E402  (one reading of _toc.yml for both checks)
+
 ROOT = Path(__file__).resolve().parent.parent
-TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
 def _toc_files():
-    files = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(TOC.get("parts", TOC.get("chapters", [])))
-    return files
+    """The documents the table of contents lists after the root, in reading order."""
+    return toc_docnames(ROOT / "_toc.yml")[1:]
 
 
 NOTEBOOKS = [f for f in _toc_files() if (ROOT / f"{f}.ipynb").is_file()]
@@ -36,7 +27,7 @@ NOTEBOOKS = [f for f in _toc_files() if (ROOT / f"{f}.ipynb").is_file()]
 
 def test_front_and_back_matter_in_place():
     files = _toc_files()
-    assert TOC["root"] == "book/intro"
+    assert toc_docnames(ROOT / "_toc.yml")[0] == "book/intro"
     assert files[0] == "book/preface", "the preface comes before chapter 1"
     assert files[-2:] == ["book/results", "book/references"], "results and references come last"
     assert NOTEBOOKS and files.index(NOTEBOOKS[0]) == 1
