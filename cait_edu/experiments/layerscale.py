@@ -26,9 +26,10 @@ SCHEMES = [
 ]
 DEPTHS = (6, 12, 24)
 LRS = (1e-3, 4e-3, 1.6e-2)  # safe -> aggressive, x4 apart (AdamW, batch 128, 20 warmup steps)
-# Budget: every run sees 40k images (10k images x 4 epochs, 312 steps). Measured training speed at
-# width 64 on this 2-core CPU: ~580 / 310 / 155 images/s at depth 6 / 12 / 24, so the 108 runs
-# (6 schemes x 3 depths x 3 lrs x 2 seeds) take about 4.6 hours plus evaluation.
+# Budget: every run sees 40k images (10k images x 4 epochs, 312 steps). Cost, from the wall times
+# the result file records (two runs side by side on the book's 2-core CPU, one thread each): about
+# 100-130 s per run at depth 6, 270-310 s at 12 and 400 s at 24: ~80 process-minutes per (lr, seed)
+# for the 6 schemes x 3 depths, ~4 hours for the 108 runs with two processes.
 _LS_BASE = dict(
     model="deit_cifar_tiny", dataset="cifar10", recipe="cifar", img_size=32,
     train_subset=10_000, val_subset=2_000, epochs=4, batch_size=128, warmup_epochs=0.25,
