@@ -70,8 +70,9 @@ def _train_records(out: Path) -> list[tuple]:
             for r in read_metrics(out) if r["kind"] == "train"]
 
 
-def _eval_records(out: Path) -> list[dict]:
-    return [r for r in read_metrics(out) if r["kind"] == "eval"]
+def _eval_records(out: Path, timed: bool = True) -> list[dict]:
+    """The evaluation lines; ``timed=False`` drops their wall-clock ``elapsed_s``."""
+    return [{k: v for k, v in r.items() if timed or k != "elapsed_s"} for r in read_metrics(out) if r["kind"] == "eval"]
 
 
 # ----------------------------------------------------------------------------
@@ -578,7 +579,12 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, fake_data,
     assert b["step"] == TOTAL_STEPS
     _assert_same_state(a, b)
     assert _train_records(reference_run) == _train_records(out)  # every step's loss, lr, grad norm
-    assert _eval_records(reference_run) == _eval_records(out)  # val loss, top-1, top-5 per epoch
+    assert _eval_records(reference_run, False) == _eval_records(out, False)  # val loss, top-1, top-5 per epoch
+    # wall time adds up over the pieces: it grows from one evaluation to the next, and the resumed
+    # piece starts from the killed one's clock (checkpointed), not from zero
+    times = [r["elapsed_s"] for r in _eval_records(out)]
+    assert times == sorted(times) and times[0] > 0
+    assert b["elapsed_s"] > ck["elapsed_s"] > 0 and b["elapsed_s"] >= times[-1]
 
 
 def test_crash_while_writing_checkpoint_keeps_previous_one(tmp_path, fake_data, reference_run):

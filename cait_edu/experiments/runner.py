@@ -8,8 +8,9 @@ Experiments are code and results are data: an :class:`Experiment` names its runs
 * the command, the git commit, the machine (CPU model, cores, threads, torch version), whether
   the experiment is complete, and the summed wall time of its runs;
 * per run: its full config and seed, final and best test top-1, the curves (training loss, test
-  loss and top-1 per evaluation), a status (``ok``, ``diverged``, ``stalled``) and whatever the
-  experiment measures at each evaluation (e.g. LayerScale's gammas per layer).
+  loss and top-1 per evaluation, and the run's wall time at each), a status (``ok``,
+  ``diverged``, ``stalled``) and whatever the experiment measures at each evaluation (e.g.
+  LayerScale's gammas per layer).
 
 It is **resumable across sessions**: a finished run is written to the file the moment it ends, and
 re-running the same command skips finished runs and continues an interrupted one from its last
@@ -108,9 +109,9 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _curves(out: Path) -> tuple[dict, list[dict]]:
     """Per-evaluation curves and extra measurements from a run's ``metrics.jsonl``."""
-    curves = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_top1": []}
+    curves = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_top1": [], "elapsed_s": []}
     extras, losses = [], []
-    standard = {"kind", "epoch", "step", "val_loss", "val_top1", "val_top5", "val_samples"}
+    standard = {"kind", "epoch", "step", "val_loss", "val_top1", "val_top5", "val_samples", "elapsed_s"}
     path = out / "metrics.jsonl"
     for line in (path.read_text().splitlines() if path.exists() else []):
         rec = json.loads(line)
@@ -119,6 +120,7 @@ def _curves(out: Path) -> tuple[dict, list[dict]]:
         elif rec["kind"] == "eval":
             for k in ("epoch", "step", "val_loss", "val_top1"):
                 curves[k].append(rec[k])
+            curves["elapsed_s"].append(rec.get("elapsed_s"))  # wall time of the run at this evaluation
             curves["train_loss"].append(sum(losses) / len(losses) if losses else None)  # mean since last eval
             losses = []
             extra = {k: v for k, v in rec.items() if k not in standard}

@@ -66,7 +66,13 @@ class Trainer:
         self.extra_metrics = extra_metrics
         self.out = Path(cfg.out)
         self.t0 = time.time()
+        self.elapsed_before = 0.0  # wall time of the run's earlier pieces (from last.pt when resuming)
         self.dd, self.bar = Dist(), None
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run so far, in seconds: this piece (setup, data loading and
+        evaluation included) plus every earlier piece it resumed from."""
+        return self.elapsed_before + time.time() - self.t0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -149,6 +155,7 @@ class Trainer:
                 raise ConfigError("the checkpoint has no EMA weights but ema=true")
             self.ema.load_state_dict(ck["ema"])
         self.step = int(ck["step"])
+        self.elapsed_before = float(ck.get("elapsed_s", 0.0))  # absent in checkpoints of older versions
         self.start_epoch, self.start_batch = int(ck["epoch"]), int(ck["batch_in_epoch"])
         self.best_top1, self.best_epoch = float(ck["best_top1"]), int(ck["best_epoch"])
         self.last_eval = ck.get("last_eval")
@@ -193,7 +200,7 @@ class Trainer:
                 "step": self.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "best_top1": self.best_top1, "best_epoch": self.best_epoch, "last_eval": self.last_eval,
                 "log_sums": dict(self.log_sums), "finetune_report": self.init_report,
-                "teacher_fingerprint": self.teacher_print,
+                "teacher_fingerprint": self.teacher_print, "elapsed_s": self.elapsed(),
             }, self.out / "last.pt")
         self.dd.barrier()
 
@@ -209,7 +216,7 @@ class Trainer:
         if self.extra_metrics is not None:
             with torch.no_grad():
                 res.update(self.extra_metrics(self.model))
-        rec = {"kind": "eval", "epoch": epoch, "step": self.step, **res}
+        rec = {"kind": "eval", "epoch": epoch, "step": self.step, **res, "elapsed_s": round(self.elapsed(), 2)}
         self.metrics.write(rec)
         self.last_eval = rec
         self.say(f"eval epoch {epoch} step {self.step}: val loss {res['val_loss']:.4f} "
@@ -353,6 +360,7 @@ class Trainer:
             "step": self.step, "epoch": epoch, "train_loss": last_loss,
             **{k: v for k, v in (self.last_eval or {}).items() if k.startswith("val_")},
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "wall_time_s": time.time() - self.t0,
+            "elapsed_s": self.elapsed(),
             "out": str(self.out), "data_source": self.source, "num_train": len(self.train_ds),
             "num_val": len(self.val_ds), "world_size": dd.world,
         }
@@ -377,7 +385,9 @@ def train(config: TrainConfig | str, *, resume: bool = False, allow_world_size_c
 
     Returns a dict with ``step``, ``epoch``, ``train_loss`` (last step), ``val_loss``,
     ``val_top1``, ``val_top5`` (percent, on the final weights), ``best_top1``, ``best_epoch``,
-    ``wall_time_s``, ``out``, ``data_source``, ``num_train``, ``num_val``, ``world_size``.
+    ``wall_time_s`` (this call), ``elapsed_s`` (the whole run, summed over resumed pieces), ``out``,
+    ``data_source``, ``num_train``, ``num_val``, ``world_size``. Every evaluation line of
+    ``metrics.jsonl`` carries ``elapsed_s`` too (accuracy against wall time).
     """
     if isinstance(config, str):
         config = make_config(config, **overrides)
