@@ -50,6 +50,7 @@ def test_quick_experiment_writes_a_complete_result_file(quick_result):
         assert rec["status"] in ("ok", "stalled") and rec["steps"] == 4
         assert rec["final_top1"] == rec["curves"]["val_top1"][-1] and rec["best_top1"] >= rec["final_top1"]
         assert len(rec["curves"]["epoch"]) == len(rec["curves"]["train_loss"]) == 1
+        assert rec["curves"]["elapsed_s"][0] > 0 and rec["curves"]["throughput_img_s"][0] > 0
         gam = rec["extra"][-1]
         if rec["labels"]["scheme"] == "layerscale":
             assert len(gam["gamma_attn"]) == depth and all(g > 0 for g in gam["gamma_attn"])

@@ -8,9 +8,9 @@ Experiments are code and results are data: an :class:`Experiment` names its runs
 * the command, the git commit, the machine (CPU model, cores, threads, torch version), whether
   the experiment is complete, and the summed wall time of its runs;
 * per run: its full config and seed, final and best test top-1, the curves (training loss, test
-  loss and top-1 per evaluation, and the run's wall time at each), a status (``ok``,
-  ``diverged``, ``stalled``) and whatever the experiment measures at each evaluation (e.g.
-  LayerScale's gammas per layer).
+  loss and top-1 per evaluation, the run's wall time at each and its training speed since the
+  last), a status (``ok``, ``diverged``, ``stalled``) and whatever the experiment measures at each
+  evaluation (e.g. LayerScale's gammas per layer).
 
 It is **resumable across sessions**: a finished run is written to the file the moment it ends, and
 re-running the same command skips finished runs and continues an interrupted one from its last
@@ -109,18 +109,24 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _curves(out: Path) -> tuple[dict, list[dict]]:
     """Per-evaluation curves and extra measurements from a run's ``metrics.jsonl``."""
-    curves = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_top1": [], "elapsed_s": []}
-    extras, losses = [], []
+    curves = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_top1": [], "elapsed_s": [],
+              "throughput_img_s": []}
+    extras, losses, speeds = [], [], []
     standard = {"kind", "epoch", "step", "val_loss", "val_top1", "val_top5", "val_samples", "elapsed_s"}
     path = out / "metrics.jsonl"
     for line in (path.read_text().splitlines() if path.exists() else []):
         rec = json.loads(line)
         if rec["kind"] == "train":
             losses.append(rec["loss"])
+            speeds.append(rec.get("throughput_img_s"))
         elif rec["kind"] == "eval":
             for k in ("epoch", "step", "val_loss", "val_top1"):
                 curves[k].append(rec[k])
             curves["elapsed_s"].append(rec.get("elapsed_s"))  # wall time of the run at this evaluation
+            # training images/s since the last evaluation (median of the logged windows)
+            speeds = sorted(v for v in speeds if v is not None)
+            curves["throughput_img_s"].append(speeds[len(speeds) // 2] if speeds else None)
+            speeds = []
             curves["train_loss"].append(sum(losses) / len(losses) if losses else None)  # mean since last eval
             losses = []
             extra = {k: v for k, v in rec.items() if k not in standard}
