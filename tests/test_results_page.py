@@ -68,8 +68,8 @@ def test_experiment_section(data):
     assert "**In progress**: 4 of 5 planned runs finished (3 ok, 1 diverged)" in page
     assert "```bash\npython -m cait_edu.experiments toy_sweep --seeds 2\n```" in page
     assert "code at commit `0123456789`" in page
-    # summary over seeds: mean ± sd of the runs that did not diverge, the diverged one counted
-    assert "| layerscale | 12 | 41.00 ± 1.41 | 2 | 0 |" in page
+    # summary over seeds: mean ± half-range of the runs that did not diverge, the diverged one counted
+    assert "| layerscale | 12 | 41.00 ± 1.00 | 2 | 0 |" in page
     assert "| none | 12 | 20.00 | 2 | 1 |" in page
     # every run, in the planned order, the diverged one with its step
     assert "| `none-d12-s0` | none | 12 | 0 | diverged | — | — | 57 | 100 | 42 s |" in page
