@@ -636,3 +636,14 @@ def test_param_groups_can_decay_everything_for_the_ablation():
     assert len(decay["params"]) == len(list(model.parameters())) and no_decay["params"] == []
     cfg = T.validate_config(T.make_config("cifar10_tiny", exempt_from_decay=False))
     assert cfg.exempt_from_decay is False and T.make_config("cifar10_tiny").exempt_from_decay is True
+
+
+def test_cli_help_reads_as_plain_text():
+    """The --set keys' help comes from the config's docstrings; a terminal shows no reST markup."""
+    from cait_edu.training.cli import build_parser, plain_text
+
+    assert plain_text(":func:`~cait_edu.data.resolve_data_dir` (``x``)") == "resolve_data_dir() (x)"
+    assert plain_text(":mod:`cait_edu.data`") == "cait_edu.data"
+    text = build_parser().format_help()
+    assert "config keys for --set" in text and "model_kwargs" in text
+    assert ":func:" not in text and ":mod:" not in text and "``" not in text

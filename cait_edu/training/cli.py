@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 a configuration or data problem (one line on stderr, no tr
 from __future__ import annotations
 
 import argparse
+import re
 import dataclasses
 import json
 import os
@@ -32,8 +33,21 @@ def presets_table() -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def plain_text(doc: str) -> str:
+    """A docstring's reStructuredText as a terminal shows it: ``:func:`~a.b.name``` -> ``name()``,
+    ``:mod:`a.b``` -> ``a.b``, double backticks dropped."""
+    def role(m: re.Match) -> str:
+        kind, target = m.group(1), m.group(2)
+        name = target.rsplit(".", 1)[-1] if target.startswith("~") else target
+        name = name.lstrip("~")
+        return name + "()" if kind in ("func", "meth") else name
+
+    doc = re.sub(r":(\w+):`([^`]+)`", role, doc)
+    return doc.replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    hints, docs = typing.get_type_hints(TrainConfig), field_docs()
+    hints, docs = typing.get_type_hints(TrainConfig), {k: plain_text(v) for k, v in field_docs().items()}
 
     def default(f: dataclasses.Field):
         return f.default if f.default is not dataclasses.MISSING else f.default_factory()
