@@ -2,7 +2,8 @@
 
 Results go to ``data/results/NAME.json`` (``NAME.quick.json`` with ``--quick``); checkpoints of
 unfinished runs to ``runs/experiments/NAME/``. Re-running the same command continues where the
-last one stopped.
+last one stopped; several processes running it at once share the runs (one per core is the
+fastest way through a sweep of small models on a CPU).
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cait_edu.experiments",
                                 description="Run one of the book's experiments. Results go to data/results/NAME.json "
                                             "(NAME.quick.json with --quick); re-running the same command skips "
-                                            "finished runs and continues an interrupted one from its checkpoint.",
+                                            "finished runs and continues an interrupted one from its checkpoint. Several "
+                                            "processes may run the same command at once (e.g. one per core, with "
+                                            "OMP_NUM_THREADS=1): they share the runs.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="experiments:\n" + "\n".join(f"  {n}: {e.doc}" for n, e in EXPERIMENTS.items()))
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
