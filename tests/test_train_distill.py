@@ -41,14 +41,44 @@ def _cfg(data: Path, out: Path, **kw) -> T.TrainConfig:
     return T.make_config(**{**BASE, "data_dir": str(data), "out": str(out), **kw})
 
 
-def _scripted_teacher(path: Path, seed: int, classes: int = 10) -> Path:
+def _teacher_net(seed: int, classes: int) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, classes))
     with torch.no_grad():  # BatchNorm running statistics that are not the defaults
         net.train()(torch.randn(16, 3, 32, 32))
-    torch.jit.script(net.eval()).save(str(path))
+    return net.eval()
+
+
+def _scripted_teacher(path: Path, seed: int, classes: int = 10) -> Path:
+    """A teacher file of any architecture, as torch.export saves it (dynamic batch, eval mode)."""
+    net = _teacher_net(seed, classes)
+    program = torch.export.export(net, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
     return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # the deprecation is PyTorch's; the format still loads
+def test_torchscript_teacher_file_still_loads(tmp_path):
+    net = _teacher_net(0, 10)
+    torch.jit.script(net).save(str(tmp_path / "t.pt"))
+    cfg = T.validate_config(T.make_config(distillation="hard", teacher=str(tmp_path / "t.pt"), out="unused"))
+    src = distill.prepare_teacher(cfg)
+    teacher, _ = src.build(10, 32, torch.device("cpu"), seed=0)
+    x = torch.randn(3, 3, 32, 32)
+    assert src.about.startswith("TorchScript module") and torch.allclose(teacher(x), net(x), atol=1e-6)
+
+
+def test_exported_teacher_is_the_exported_network_in_eval_mode(tmp_path):
+    net = _teacher_net(0, 10)
+    cfg = T.validate_config(T.make_config(distillation="hard", teacher=str(_scripted_teacher(tmp_path / "t.pt2", 0)),
+                                          out="unused"))
+    src = distill.prepare_teacher(cfg)
+    teacher, _ = src.build(10, 32, torch.device("cpu"), seed=0)
+    teacher.train()  # the loop may switch modes; an exported graph stays as exported (BatchNorm in eval)
+    x = torch.randn(5, 3, 32, 32)  # another batch size than at export
+    assert src.about.startswith("torch.export program") and torch.allclose(teacher(x), net(x), atol=1e-6)
+    assert not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_hard_distillation_loss_is_the_deit_formula():
@@ -108,7 +138,7 @@ def test_distilled_run_trains_and_resumes_exactly(tmp_path, fake_data):
 
     # a teacher whose weights changed is refused on resume
     _scripted_teacher(teacher, seed=2)
-    with pytest.raises(T.ConfigError, match=r"cannot resume: the teacher \(TorchScript module .*\) has other weights"):
+    with pytest.raises(T.ConfigError, match=r"cannot resume: the teacher \(torch.export program .*\) has other weights"):
         T.train(_cfg(fake_data, full, epochs=3, **kd), resume=True)
 
 
@@ -151,8 +181,8 @@ def test_missing_teacher_is_a_config_error_before_any_work(tmp_path, fake_data, 
 def test_unusable_teacher_files(tmp_path, fake_data, monkeypatch):
     torch.save(create_model("cait_cifar_nano", num_classes=10).state_dict(), tmp_path / "bare.pt")
     monkeypatch.setattr(loop, "build_datasets", _boom)  # a file that is no teacher: refused before the data
-    with pytest.raises(T.ConfigError, match="is neither a checkpoint of cait_edu.train nor TorchScript. A bare state "
-                                            "dict does not say which architecture"):
+    with pytest.raises(T.ConfigError, match="is neither a checkpoint of cait_edu.train nor an exported module. A "
+                                            "bare state dict does not say which architecture"):
         T.train(_cfg(fake_data, tmp_path / "a", distillation="hard", teacher=str(tmp_path / "bare.pt")))
     monkeypatch.undo()
     five = _scripted_teacher(tmp_path / "five.pt", seed=0, classes=5)  # the data says 10 classes

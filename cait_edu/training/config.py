@@ -125,7 +125,7 @@ class TrainConfig:
     teacher: Optional[str] = None
     """The teacher for ``distillation="hard"``: a torchvision model name (``regnet_y_16gf``, DeiT's
     teacher architecture) or a path to a teacher file (a ``last.pt``/``best.pt`` of this trainer,
-    or a TorchScript module). It sees the student's (mixed) input batch and must predict the
+    or a module saved with ``torch.export.save``, or TorchScript). It sees the student's (mixed) input batch and must predict the
     dataset's classes."""
     teacher_weights: Optional[str] = None
     """For a torchvision ``teacher``: the weights enum member, e.g. ``IMAGENET1K_V2`` or

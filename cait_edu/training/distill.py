@@ -42,8 +42,9 @@ The details follow DeiT's training code:
 The teacher (``TrainConfig.teacher``) is a torchvision classification model name with
 ``teacher_weights`` (DeiT's teacher was the RegNetY-16GF its authors trained, not torchvision's;
 torchvision's ``regnet_y_16gf`` weights are other trainings of the same architecture), or a file: a
-``last.pt``/``best.pt`` of :mod:`cait_edu.train` (rebuilt from its saved config) or a TorchScript
-module (any architecture).
+``last.pt``/``best.pt`` of :mod:`cait_edu.train` (rebuilt from its saved config), or a module of
+any architecture saved by ``torch.export.save`` (exported in eval mode with a dynamic batch
+dimension; the recommended form) or as TorchScript (``torch.jit``, which PyTorch deprecates).
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def check_teacher_config(cfg: TrainConfig) -> None:
     if cfg.teacher is None:
         raise ConfigError("distillation=hard needs a teacher: a torchvision model name (e.g. teacher=regnet_y_16gf "
                           "teacher_weights=IMAGENET1K_V2) or the path of a teacher file (a last.pt/best.pt of "
-                          "cait_edu.train, or a TorchScript module)")
+                          "cait_edu.train, or a module saved with torch.export.save or TorchScript)")
     if cfg.teacher in _torchvision_classifiers():
         if cfg.teacher_weights is not None:
             from torchvision.models import get_model_weights
@@ -138,6 +139,21 @@ def check_teacher_config(cfg: TrainConfig) -> None:
                           "regnet_y_16gf; see torchvision.models.list_models()) nor an existing file")
     if cfg.teacher_weights is not None:
         raise ConfigError("teacher_weights names torchvision weights; a teacher file holds its own weights")
+
+
+class _Exported(nn.Module):
+    """A ``torch.export`` program as a teacher. Its graph was fixed in the mode it was exported in
+    (eval, for a teacher), so ``train()``/``eval()`` have nothing to switch and leave it as it is."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> "_Exported":
+        return self
 
 
 @dataclass
@@ -192,6 +208,12 @@ def _read_teacher_file(path: Path) -> TeacherSource:
         names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
     except (OSError, zipfile.BadZipFile):
         names = []
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):  # torch.export archive
+        try:
+            module = _Exported(torch.export.load(str(path)).module())
+        except Exception as e:
+            raise ConfigError(f"teacher: cannot load the torch.export file {path} ({type(e).__name__}: {e})") from None
+        return TeacherSource(f"torch.export program {path}", lambda n: module)
     if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names):  # TorchScript archive
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -204,9 +226,10 @@ def _read_teacher_file(path: Path) -> TeacherSource:
         raise ConfigError(f"teacher: cannot read {path} ({type(e).__name__}: {e})") from None
     if not (isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith("cait_edu.train/")
             and isinstance(ckpt.get("config"), dict)):
-        raise ConfigError(f"teacher: {path} is neither a checkpoint of cait_edu.train nor TorchScript. A bare state "
-                          "dict does not say which architecture it belongs to: save the teacher with "
-                          "torch.jit.script(model).save(path) (or torch.jit.trace), or train it with cait_edu.train")
+        raise ConfigError(f"teacher: {path} is neither a checkpoint of cait_edu.train nor an exported module. A bare "
+                          "state dict does not say which architecture it belongs to: save the teacher with "
+                          "torch.export.save(torch.export.export(model.eval(), (images,), dynamic_shapes=({0: "
+                          "torch.export.Dim('batch')},)), path), or train it with cait_edu.train")
     saved = config_from_dict(ckpt["config"])
     state = ckpt["model"]
 
