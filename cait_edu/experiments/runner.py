@@ -183,7 +183,12 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
         "final_top1": final, "best_top1": max(curves["val_top1"]) if curves["val_top1"] else None,
         "final_val_loss": curves["val_loss"][-1] if curves["val_loss"] else None,
         "steps": result.get("step"), "curves": curves, "extra": extras,
-        "wall_time_s": round(clock.total(), 1), "torch_threads": torch.get_num_threads(), "git_commit": commit,
+        # two clocks summed over the run's pieces: the engine's (checkpointed with the weights, so a
+        # killed piece loses only the steps after its last checkpoint; absent if the run diverged) and
+        # the runner's (saved at evaluations; the only one for pieces run before the engine had one)
+        "wall_time_s": round(max(result.get("elapsed_s", 0.0), clock.total()), 1),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     say(f"[{exp.name}] {spec.id}: {status}, final top-1 {final if final is None else round(final, 2)}%, "
