@@ -268,3 +268,16 @@ def test_load_results_reads_the_data_directory_and_names_the_command_when_missin
     assert load_results("x") == {"runs": {}}
     with pytest.raises(FileNotFoundError, match="python -m cait_edu.experiments y"):
         load_results("y")
+
+
+def test_speed_measurement_runs_the_real_loop_and_writes_its_file(tmp_path, fake_data):
+    from cait_edu.experiments import speed
+
+    small = dict(model="cait_cifar_nano", batch_size=32, threads=1, model_kwargs=dict(dim=32, num_heads=2, stem="conv"))
+    res = speed.measure_speed(small, steps=5, warmup=0, data_dir=str(fake_data), val_images=64)
+    assert res["img_s"] > 0 and res["windows"] and res["params"] > 0 and res["macs"] > 0
+    with pytest.raises(ValueError, match="no throughput logged"):
+        speed.measure_speed(small, steps=3, warmup=1, data_dir=str(fake_data), val_images=64)  # 4 steps: no log
+    assert all(c["model_kwargs"]["dim"] % c["model_kwargs"]["num_heads"] == 0 for c in speed.CANDIDATES.values())
+    assert {c["model_kwargs"]["stem"] for c in speed.CANDIDATES.values()} == {"linear", "conv"}
+    assert speed.main(["--only", "nope"]) == 2
