@@ -584,7 +584,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, fake_data,
     # piece starts from the killed one's clock (checkpointed), not from zero
     times = [r["elapsed_s"] for r in _eval_records(out)]
     assert times == sorted(times) and times[0] > 0
-    assert b["elapsed_s"] > ck["elapsed_s"] > 0 and b["elapsed_s"] >= times[-1]
+    assert b["elapsed_s"] > ck["elapsed_s"] > 0 and b["elapsed_s"] >= times[-1] - 0.01  # eval lines: 2 decimals
 
 
 def test_crash_while_writing_checkpoint_keeps_previous_one(tmp_path, fake_data, reference_run):
