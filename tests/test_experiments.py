@@ -114,6 +114,26 @@ def test_a_changed_definition_reruns_the_run(quick_result, tmp_path, fake_data):
     assert done["runs"][first]["config"]["lr"] == res["runs"][first]["config"]["lr"]
 
 
+def test_only_trains_the_matching_runs_in_pattern_order(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_train_one(exp, spec, run_dir, data_dir, commit, say):
+        trained.append(spec.id)
+        return {"id": spec.id, "config": runner._resolved(spec), "wall_time_s": 1.0, "status": "ok"}
+
+    monkeypatch.setattr(runner, "_train_one", fake_train_one)
+    ids = [s.id for s in EXP.runs(True, 2)]  # seed, lr, depth, scheme order: ...-s0 x4, ...-s1 x4
+    res = run_experiment(EXP, quick=True, seeds=2, results_dir=tmp_path, runs_dir=tmp_path / "runs",
+                         only=["*-d4-*-s1", "*-s0"], say=lambda m: None)
+    want = [i for i in ids if "-d4-" in i and i.endswith("-s1")] + [i for i in ids if i.endswith("-s0")]
+    assert trained == want and len(want) == 6
+    # the plan is still the whole experiment, in its own order, and it is not complete
+    assert res["planned_runs"] == ids and not res["complete"] and list(res["runs"]) == [i for i in ids if i in want]
+    with pytest.raises(ValueError, match="match no run"):
+        run_experiment(EXP, quick=True, seeds=2, results_dir=tmp_path, runs_dir=tmp_path / "runs",
+                       only=["*-s7"], say=lambda m: None)
+
+
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, fake_data):
     base = dict(EXP.runs(True, 1)[0].config)
     exp = Experiment("boom", "one diverging run, one normal", lambda quick, seeds: [
@@ -135,12 +155,15 @@ def test_full_grid_is_valid_and_as_documented():
         validate_config(make_config(**r.config))
 
 
-def test_cli_lists_and_refuses_unknown_names():
+def test_cli_lists_and_refuses_unknown_names(tmp_path):
     cmd = [sys.executable, "-m", "cait_edu.experiments"]
     r = subprocess.run(cmd + ["--list"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "layerscale_depth:" in r.stdout
     r = subprocess.run(cmd + ["nope"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
+    r = subprocess.run(cmd + ["layerscale_depth", "--quick", "--only", "*-lr9-*", "--results-dir", str(tmp_path)],
+                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "match no run of layerscale_depth" in r.stderr and not any(tmp_path.iterdir())
 
 
 def test_a_config_field_added_later_does_not_invalidate_recorded_runs(quick_result, tmp_path, monkeypatch):

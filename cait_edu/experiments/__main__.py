@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None, help="where NAME.json goes (default data/results)")
     p.add_argument("--runs-dir", default=None, help="run directories with checkpoints (default runs/experiments)")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (resume later)")
+    p.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
+                   help="train only the runs whose id matches one of these shell-style patterns, those matching the "
+                        "first pattern first (e.g. --only '*-lr0.016-*' '*-s1'); the result file still plans every run")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     args = p.parse_args(argv)
     if args.list or args.name is None:
@@ -48,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = exp.default_seeds if args.seeds is None else args.seeds
     command = "python -m cait_edu.experiments " + " ".join(
         shlex.quote(a) for a in [args.name] + (["--quick"] if args.quick else []) + ["--seeds", str(seeds)])
-    res = run_experiment(exp, quick=args.quick, seeds=seeds, results_dir=args.results_dir, runs_dir=args.runs_dir,
-                         data_dir=args.data, command=command, max_runs=args.max_runs)
+    try:
+        res = run_experiment(exp, quick=args.quick, seeds=seeds, results_dir=args.results_dir, runs_dir=args.runs_dir,
+                             data_dir=args.data, command=command, max_runs=args.max_runs, only=args.only)
+    except ValueError as err:  # e.g. an --only pattern that matches nothing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     done = len(res["runs"])
     print(f"{args.name}: {done} of {len(res['planned_runs'])} runs done"
           + ("" if res["complete"] else " (re-run the same command to continue)"))

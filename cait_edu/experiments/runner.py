@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -203,12 +204,14 @@ def _config_key(config: dict) -> str:
 def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = None,
                    results_dir: str | Path | None = None, runs_dir: str | Path | None = None,
                    data_dir: str | None = None, command: str | None = None, max_runs: int | None = None,
-                   say: Callable[[str], None] = print) -> dict:
+                   only: Sequence[str] | None = None, say: Callable[[str], None] = print) -> dict:
     """Run every run of ``exp`` not yet in its result file; return the result file's contents.
 
     ``results_dir`` defaults to the repository's ``data/results`` (quick runs write
     ``<name>.quick.json``), ``runs_dir`` to ``runs/experiments`` (checkpoints, git-ignored).
-    ``max_runs`` stops after that many runs (to fit a session). A run already in the file whose
+    ``max_runs`` stops after that many runs (to fit a session); ``only`` (shell-style patterns
+    on run ids, e.g. ``"*-s1"``) trains just the matching runs now, those matching the first
+    pattern first, to order a sweep that spans sessions -- the plan, and so the result file's ``complete``, stay the whole experiment. A run already in the file whose
     config no longer matches the experiment's definition is run again, as is a run in
     ``exp.keep_weights`` whose weights file is missing; kept weights go to ``results_dir/../trained``.
 
@@ -241,8 +244,18 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
     def done(spec: RunSpec) -> bool:
         return _is_done(spec, _read_runs(path)) and (spec.id not in kept or kept[spec.id].is_file())
 
+    if only:
+        unmatched = [pat for pat in only if not any(fnmatch.fnmatchcase(i, pat) for i in ids)]
+        if unmatched:
+            raise ValueError(f"--only pattern(s) {unmatched} match no run of {exp.name}; run ids look like {ids[0]!r}")
+
+        def priority(spec: RunSpec) -> int | None:
+            return next((k for k, pat in enumerate(only) if fnmatch.fnmatchcase(spec.id, pat)), None)
+        todo = sorted((s for s in specs if priority(s) is not None), key=priority)  # stable: plan order within a pattern
+    else:
+        todo = specs
     trained = 0
-    for spec in specs:
+    for spec in todo:
         if max_runs is not None and trained >= max_runs:
             break
         if done(spec):
