@@ -280,6 +280,14 @@ def test_summarize_runs_groups_over_seeds_and_keeps_diverged_runs_out():
     assert mean_spread(b) == "41.0 ± 1.0" and mean_spread(table[("a", True)], 2) == "38.50 ± 0.50"
     dead = table[("a", False)]
     assert dead["diverged"] == 1 and dead["values"] == [] and mean_spread(dead) == "– (+1 diverged)"
+    assert mean_spread(dead, show_diverged=False) == "–" and (b["runs"], dead["runs"]) == (2, 1)
+    # a stalled run is averaged and listed; a run without the label groups under None
+    more = {"runs": {"s": run("a", True, 2, 11.0, "stalled"), "n": {"labels": {"seed": 0}, "status": "ok",
+                                                                  "final_top1": 50.0}}}
+    table = summarize_runs({"runs": {**results["runs"], **more["runs"]}}, ["placement", "talking_heads"])
+    a = table[("a", True)]
+    assert a["values"] == [38.0, 39.0, 11.0] and a["stalled_values"] == [11.0] and a["spread"] == 14.0
+    assert table[(None, None)]["values"] == [50.0]
 
 
 def test_load_results_reads_the_data_directory_and_names_the_command_when_missing(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ..stats import summarize_runs
+
 __all__ = ["summarize_depth_sweep", "plot_depth_sweep", "plot_gamma_evolution"]
 
 _SCHEME_COLORS = {
@@ -46,29 +48,14 @@ def summarize_depth_sweep(results: Mapping, metric: str = "final_top1") -> dict[
     Diverged runs are counted but kept out of the statistics (their last accuracy says nothing);
     stalled runs are kept in (their accuracy is real, just close to chance).
 
-    Returns ``{(scheme, lr, depth): {"values", "seeds", "mean", "min", "max", "diverged",
-    "stalled_values"}}``: ``values`` are the finished runs' ``metric`` in seed order (``seeds``
-    their seeds), ``mean`` / ``min`` / ``max`` are ``nan`` when no run of the setting finished,
-    ``diverged`` counts the diverged runs and ``stalled_values`` lists the stalled runs' ``metric``.
+    Returns ``{(scheme, lr, depth): group}``, each group as :func:`cait_edu.stats.summarize_runs`
+    makes it: ``values`` (the finished runs' ``metric`` in seed order, ``seeds`` their seeds),
+    ``mean`` / ``min`` / ``max`` / ``spread`` (``nan`` when no run of the setting finished),
+    ``diverged`` (how many diverged) and ``stalled_values`` (the stalled runs' ``metric``).
     """
-    table: dict[tuple, dict] = {}
-    for run in sorted(_finished_runs(results), key=lambda r: r["labels"].get("seed", 0)):
-        lab = run["labels"]
-        key = (lab["scheme"], float(lab["lr"]), int(lab["depth"]))
-        row = table.setdefault(key, {"values": [], "seeds": [], "diverged": 0, "stalled_values": []})
-        if run["status"] == "diverged" or run.get(metric) is None:
-            row["diverged"] += 1
-            continue
-        row["values"].append(float(run[metric]))
-        row["seeds"].append(lab.get("seed"))
-        if run["status"] == "stalled":
-            row["stalled_values"].append(float(run[metric]))
-    for row in table.values():
-        v = row["values"]
-        row["mean"] = sum(v) / len(v) if v else math.nan
-        row["min"] = min(v) if v else math.nan
-        row["max"] = max(v) if v else math.nan
-    return table
+    _finished_runs(results)  # a clear error for a file without runs
+    groups = summarize_runs(results, ["scheme", "lr", "depth"], metric)
+    return {(scheme, float(lr), int(depth)): g for (scheme, lr, depth), g in groups.items()}
 
 
 def plot_depth_sweep(
