@@ -387,6 +387,31 @@ def test_eval_ema_evaluates_the_ema_weights_not_the_live_ones(tmp_path, fake_dat
     assert (ev["val_loss_ema"], ev["val_top1_ema"]) == pytest.approx(ema, rel=1e-5)
 
 
+def test_eval_hflip_averages_the_logits_of_each_image_and_its_mirror(tmp_path, fake_data):
+    """Test-time flip: the recorded numbers are those of (model(x) + model(flip(x))) / 2, computed by
+    hand from the final weights, and they differ from the plain evaluation of the same weights."""
+    out = tmp_path / "flip"
+    T.train(_cfg(fake_data, out, eval_hflip=True, max_steps=4))
+    ev = _eval_records(out)[-1]
+    ck = T.load_checkpoint(out / "last.pt")
+    _, val, _, _ = T.build_datasets(T.validate_config(_cfg(fake_data, out)))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    model = create_model("cait_cifar_nano", num_classes=10)
+    model.load_state_dict(ck["model"])
+    with torch.no_grad():
+        plain, mirror = model.eval()(x), model(x.flip(-1))
+    assert (plain - mirror).abs().max() > 1e-3, "the model should not be mirror-symmetric"
+    both = (plain + mirror) / 2
+    assert ev["val_loss"] == pytest.approx(F.cross_entropy(both, y).item(), rel=1e-5)
+    assert ev["val_loss"] != pytest.approx(F.cross_entropy(plain, y).item(), rel=1e-5)
+    assert ev["val_top1"] == pytest.approx(100.0 * (both.argmax(1) == y).float().mean().item())
+    # evaluation only: the training is that of the run without it, and a resume may switch it
+    T.train(_cfg(fake_data, tmp_path / "plain", max_steps=4))
+    ref = T.load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    assert all(torch.equal(ref[k], v) for k, v in ck["model"].items())
+
+
 def test_resume_between_two_log_lines_logs_the_same_means(tmp_path, fake_data):
     """log_every=3: stopping at step 4 leaves step 4's loss in the running sums, which the checkpoint
     carries, so the line at step 6 still averages steps 4-6, as in the uninterrupted run."""

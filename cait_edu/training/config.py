@@ -107,6 +107,9 @@ class TrainConfig:
     """EMA decay per step: ``ema = decay * ema + (1 - decay) * w``."""
     eval_ema: bool = False
     """Also evaluate the EMA weights (``val_top1_ema`` ...); the model itself is always evaluated."""
+    eval_hflip: bool = False
+    """Test-time augmentation: every evaluation averages the logits of each image and of its mirror
+    image (twice the evaluation cost; the training is unchanged)."""
     # --- starting point and teacher
     finetune: Optional[str] = None
     """Initialise the model from this checkpoint before step 0 (``--finetune PATH``): a ``last.pt`` or
@@ -168,7 +171,7 @@ class TrainConfig:
 # (``epochs`` re-stretches the cosine schedule from the current step, like extending a DeiT run).
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "out", "data_dir", "download", "num_workers", "log_every", "eval_every", "eval_ema",
-    "max_steps", "save_every_steps", "progress", "preset", "threads",
+    "eval_hflip", "max_steps", "save_every_steps", "progress", "preset", "threads",
 })
 
 CHOICES = {

@@ -13,8 +13,11 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
-             amp: str = "off", num_workers: int = 0, dd: Dist | None = None) -> dict:
+             amp: str = "off", num_workers: int = 0, dd: Dist | None = None, hflip: bool = False) -> dict:
     """``{"val_loss", "val_top1", "val_top5", "val_samples"}`` over all of ``dataset`` (top-k in percent).
+
+    ``hflip`` is test-time augmentation: the logits of each image and of its mirror image are
+    averaged (a second forward pass per image).
 
     Under a process group (``dd``) rank ``r`` evaluates images ``r, r + world, ...`` and the sums
     are added up, so every rank returns the numbers of the whole set. The model's train/eval mode
@@ -33,6 +36,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, devic
         labels = labels.to(device, non_blocking=True)
         with autocast(amp, device):
             logits = model(images)  # (B, classes)
+            if hflip:
+                logits = (logits + model(images.flip(-1))) / 2
         sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         hit = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (B, k)
         sums[1] += hit[:, 0].sum()

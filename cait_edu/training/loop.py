@@ -208,7 +208,8 @@ class Trainer:
     def run_eval(self, epoch: int) -> dict:
         def on_val(model: nn.Module) -> dict:
             return evaluate(model, self.val_ds, batch_size=self.cfg.batch_size // self.dd.world, device=self.device,
-                            amp=self.amp, num_workers=self.cfg.num_workers, dd=self.dd)
+                            amp=self.amp, num_workers=self.cfg.num_workers, dd=self.dd,
+                            hflip=self.cfg.eval_hflip)
 
         res = on_val(self.model)
         if self.ema is not None and self.cfg.eval_ema:
