@@ -11,6 +11,8 @@ No RNG state is stored: every random draw is derived from the seed and the step
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from .config import ConfigError
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_torch_save", "load_checkpoint", "read_resume_checkpoint",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "write_run_config"]
 
 CHECKPOINT_FORMAT = "cait_edu.train/2"
 """Written into every checkpoint. Version 1 also stored one RNG state per visible GPU, which a run
@@ -90,3 +92,11 @@ def remove_stale_temporaries(out: Path) -> None:
     """Delete the temporary files a crash in the middle of :func:`atomic_torch_save` left behind."""
     for stale in out.glob(".*.tmp.*"):
         stale.unlink(missing_ok=True)
+
+
+def write_run_config(out: Path, cfg: Any, runtime: dict) -> None:
+    """``out/config.json``: every field of the run's config plus ``_runtime`` (what the run found:
+    devices, data, steps), written atomically like the checkpoints."""
+    tmp = out / f".config.json.tmp.{os.getpid()}"
+    tmp.write_text(json.dumps({**dataclasses.asdict(cfg), "_runtime": runtime}, indent=2))
+    os.replace(tmp, out / "config.json")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,8 +39,8 @@ import torch.nn as nn
 
 from .. import data as D
 from ..registry import create_model
-from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, read_resume_checkpoint,
-                          remove_stale_temporaries)
+from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, read_resume_checkpoint, remove_stale_temporaries,
+                          write_run_config)
 from .config import ConfigError, DivergenceError, TrainConfig, make_config, model_overrides, replace_checked
 from .datasets import build_datasets
 from .distill import make_criterion, prepare_teacher
@@ -176,9 +175,7 @@ class Trainer:
                        "warmup_steps": self.warmup_steps, "num_train": len(self.train_ds),
                        "num_val": len(self.val_ds), "data_source": self.source, "torch": torch.__version__,
                        "finetune": self.init_report, "teacher": self.teacher_src and self.teacher_src.about}
-            tmp = self.out / f".config.json.tmp.{os.getpid()}"
-            tmp.write_text(json.dumps({**dataclasses.asdict(cfg), "_runtime": runtime}, indent=2))
-            os.replace(tmp, self.out / "config.json")
+            write_run_config(self.out, cfg, runtime)
         dd.barrier()
 
     # ------------------------------------------------------------ checkpoints
@@ -305,16 +302,21 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------- loop
-    def fit(self) -> dict:
-        cfg, dd = self.cfg, self.dd
+    def _announce(self) -> None:
+        cfg = self.cfg
         self.say(f"data: {self.source}; {len(self.train_ds)} train / {len(self.val_ds)} val images, "
                  f"{self.num_classes} classes")
         self.say(f"model: {cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params) on "
-                 f"{self.device} x {dd.world}, amp={self.amp}; {self.steps_per_epoch} steps/epoch, "
+                 f"{self.device} x {self.dd.world}, amp={self.amp}; {self.steps_per_epoch} steps/epoch, "
                  f"{self.total_steps} steps in total" + (f" (resuming at step {self.step})" if self.ckpt else ""))
-        for line in filter(None, (self.ckpt is None and self.init_report and "fine-tune: " + "; ".join(
-                f"{k} {v}" for k, v in self.init_report.items()), self.teacher_src and f"teacher: {self.teacher_src.about}")):
-            self.say(line)
+        if self.ckpt is None and self.init_report:
+            self.say("fine-tune: " + "; ".join(f"{k} {v}" for k, v in self.init_report.items()))
+        if self.teacher_src:
+            self.say(f"teacher: {self.teacher_src.about}")
+
+    def fit(self) -> dict:
+        cfg, dd = self.cfg, self.dd
+        self._announce()
         stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         if progress_enabled(cfg) and dd.main:
             from tqdm.auto import tqdm
@@ -357,13 +359,16 @@ class Trainer:
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+        return self._summary(epoch, last_loss)
+
+    def _summary(self, epoch: int, last_loss: float | None) -> dict:
+        """What :func:`train` returns (see there); also said in one line."""
         result = {
             "step": self.step, "epoch": epoch, "train_loss": last_loss,
             **{k: v for k, v in (self.last_eval or {}).items() if k.startswith("val_")},
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "wall_time_s": time.time() - self.t0,
-            "elapsed_s": self.elapsed(),
-            "out": str(self.out), "data_source": self.source, "num_train": len(self.train_ds),
-            "num_val": len(self.val_ds), "world_size": dd.world,
+            "elapsed_s": self.elapsed(), "out": str(self.out), "data_source": self.source,
+            "num_train": len(self.train_ds), "num_val": len(self.val_ds), "world_size": self.dd.world,
         }
         self.say(f"done in {result['wall_time_s']:.1f} s: step {self.step}, val top-1 "
                  f"{result.get('val_top1', float('nan')):.2f}% (best {self.best_top1:.2f}% at epoch {self.best_epoch}); "
