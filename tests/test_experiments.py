@@ -312,3 +312,24 @@ def test_speed_measurement_runs_the_real_loop_and_writes_its_file(tmp_path, fake
     assert all(c["model_kwargs"]["dim"] % c["model_kwargs"]["num_heads"] == 0 for c in speed.CANDIDATES.values())
     assert {c["model_kwargs"]["stem"] for c in speed.CANDIDATES.values()} == {"linear", "conv"}
     assert speed.main(["--only", "nope"]) == 2
+
+
+def test_speed_measures_a_candidate_through_the_training_loop(tmp_path, monkeypatch):
+    """The CPU record's first step: each candidate's img/s through the real loop, written with the
+    machine and command; an unknown candidate is refused before anything runs."""
+    from cait_edu.experiments import speed
+
+    data = write_fake_cifar(tmp_path / "d", n_train=16 * 15, n_test=256)
+    tiny = dict(model="cait_cifar_nano", batch_size=16, model_kwargs=dict(dim=32, depth=2, num_heads=2))
+    monkeypatch.setattr(speed, "CANDIDATES", {"tiny": tiny})
+    out = tmp_path / "speed.json"
+    args = ["--only", "tiny", "--steps", "10", "--warmup", "5", "--data", str(data), "--out", str(out)]
+    assert speed.main(args) == 0
+    res = json.loads(out.read_text())
+    got = res["candidates"]["tiny"]
+    assert got["config"] == tiny and got["params"] > 0 and got["macs"] > 0
+    assert len(got["windows"]) == 2 and got["img_s"] in got["windows"]  # steps 10 and 15 logged after step 5
+    assert got["images_in_budget"] == int(got["img_s"] * speed.BUDGET_S)
+    assert res["command"].startswith("python -m cait_edu.experiments.speed --only tiny") and res["machine"]["cores"]
+    assert speed.main(["--only", "huge", "--out", str(tmp_path / "no.json")]) == 2
+    assert not (tmp_path / "no.json").exists()
