@@ -168,8 +168,11 @@ def _experiment_section(path: Path, data_dir: Path) -> str:
         state = (f"**In progress**: {len(order)} of {len(planned)} planned runs finished"
                  + (f" ({counts})" if order else "") + "; the tables below show those.")
     m = exp.get("machine") or {}
+    machines = exp.get("machines") or {}
+    name = (" and ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in machines.items()) if len(machines) > 1
+            else m.get("gpu") or m.get("cpu"))  # a sweep finished across sessions may have used several
     where = ", ".join(str(v) for v in (
-        m.get("gpu") or m.get("cpu"), f"{m['cores']} cores" if m.get("cores") else None,
+        name, f"{m['cores']} cores" if m.get("cores") else None,
         f"torch {m['torch']}" if m.get("torch") else None) if v)
     commit = exp.get("git_commit")
     spent = "Compute" if exp.get("complete") else "Compute so far"

@@ -56,7 +56,8 @@ def test_quick_experiment_writes_a_complete_result_file(quick_result):
             assert len(gam["gamma_attn"]) == depth and all(g > 0 for g in gam["gamma_attn"])
         else:
             assert gam["gamma_attn"] == [None] * depth  # the plain ViT has no scales
-        assert rec["wall_time_s"] > 0
+        assert rec["wall_time_s"] > 0 and rec["machine"]["cpu"] == on_disk["machine"]["cpu"]
+    assert on_disk["machines"] == {on_disk["machine"]["cpu"]: 4}
     assert on_disk["wall_time_s"] == pytest.approx(sum(r["wall_time_s"] for r in on_disk["runs"].values()), abs=0.5)
 
 
@@ -333,3 +334,9 @@ def test_speed_measures_a_candidate_through_the_training_loop(tmp_path, monkeypa
     assert res["command"].startswith("python -m cait_edu.experiments.speed --only tiny") and res["machine"]["cores"]
     assert speed.main(["--only", "huge", "--out", str(tmp_path / "no.json")]) == 2
     assert not (tmp_path / "no.json").exists()
+
+
+def test_machines_used_counts_the_runs_of_each_machine():
+    runs = {"a": {"machine": {"cpu": "AMD EPYC", "gpu": None}}, "b": {"machine": {"cpu": "Intel Xeon"}},
+            "c": {"machine": {"cpu": "AMD EPYC"}}, "d": {}, "e": {"machine": {"cpu": "x86", "gpu": "NVIDIA H100"}}}
+    assert runner.machines_used(runs) == {"AMD EPYC": 2, "Intel Xeon": 1, "not recorded": 1, "NVIDIA H100": 1}

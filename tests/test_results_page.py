@@ -113,3 +113,11 @@ def test_broken_file_names_itself(tmp_path):
     (tmp_path / "results" / "bad.json").write_text("{not json")
     with pytest.raises(ResultFileError, match="bad.json"):
         render(tmp_path)
+
+
+def test_a_file_whose_runs_ran_on_several_machines_names_them_all(data):
+    path = data / "results" / "toy_sweep.json"
+    exp = json.loads(path.read_text())
+    exp["machines"] = {"AMD EPYC": 3, "Intel Xeon": 1}
+    path.write_text(json.dumps(exp))
+    assert "on AMD EPYC (3 runs) and Intel Xeon (1 run), 2 cores, torch 2.0," in render(data)

@@ -5,9 +5,10 @@ Experiments are code and results are data: an :class:`Experiment` names its runs
 :func:`run_experiment` trains them one after the other with :func:`cait_edu.train.train` and writes
 ``data/results/<name>.json``:
 
-* the command, the git commit, the machine (CPU model, cores, threads, torch version), whether
-  the experiment is complete, and the summed wall time of its runs;
-* per run: its full config and seed, final and best test top-1, the curves (training loss, test
+* the command, the git commit, the machine that wrote it last (CPU model, cores, threads, torch
+  version) and ``machines``, how many runs ran on each machine (a sweep finished across sessions
+  may have run on several), whether the experiment is complete, and the summed wall time of its runs;
+* per run: its full config and seed, its machine, final and best test top-1, the curves (training loss, test
   loss and top-1 per evaluation, the run's wall time at each and its training speed since the
   last), a status (``ok``, ``diverged``, ``stalled``) and whatever the experiment measures at each
   evaluation (e.g. LayerScale's gammas per layer).
@@ -41,7 +42,7 @@ from ..training.metrics import finite_or_none
 from ..training.validate import validate_config
 from .trained import save_trained, trained_path
 
-__all__ = ["RunSpec", "Experiment", "run_experiment", "machine_info", "git_commit", "STALLED_BELOW"]
+__all__ = ["RunSpec", "Experiment", "run_experiment", "machine_info", "machines_used", "git_commit", "STALLED_BELOW"]
 
 REPO = Path(__file__).resolve().parents[2]
 STALLED_BELOW = 15.0
@@ -99,6 +100,23 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _run_machine() -> dict:
+    """What a run's record says about where it ran (a sweep may span sessions on different machines)."""
+    info = machine_info()
+    return {k: info[k] for k in ("cpu", "cores", "gpu", "torch")}
+
+
+def machines_used(runs: dict) -> dict[str, int]:
+    """``{machine: number of runs}`` over a result file's runs (GPU name if any, else CPU model;
+    ``"not recorded"`` for runs written before runs recorded their machine)."""
+    counts: dict[str, int] = {}
+    for rec in runs.values():
+        m = rec.get("machine") or {}
+        name = m.get("gpu") or m.get("cpu") or "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -189,6 +207,7 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
         # the runner's (saved at evaluations; the only one for pieces run before the engine had one)
         "wall_time_s": round(max(result.get("elapsed_s", 0.0), clock.total()), 1),
         "torch_threads": torch.get_num_threads(),
+        "machine": _run_machine(),
         "git_commit": commit,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -329,5 +348,7 @@ def _finish(header: dict, runs: dict, path: Path) -> dict:
     results["complete"] = len(results["runs"]) == len(planned)
     results["runs"].update({rid: rec for rid, rec in runs.items() if rid not in results["runs"]})
     results["wall_time_s"] = round(sum(results["runs"][rid]["wall_time_s"] for rid in planned if rid in runs), 1)
+    # "machine" is the machine of the process that wrote the file last; "machines" where every run ran
+    results["machines"] = machines_used(results["runs"])
     _write_json(path, results)
     return results
