@@ -121,3 +121,15 @@ def test_a_file_whose_runs_ran_on_several_machines_names_them_all(data):
     exp["machines"] = {"AMD EPYC": 3, "Intel Xeon": 1}
     path.write_text(json.dumps(exp))
     assert "on AMD EPYC (3 runs) and Intel Xeon (1 run), 2 cores, torch 2.0," in render(data)
+
+
+def test_a_speed_file_gets_its_own_table_not_an_experiment_section(data):
+    (data / "results" / "cpu_record_speed.json").write_text(json.dumps({
+        "command": "python -m cait_edu.experiments.speed --steps 40", "budget_s": 7200, "steps": 40, "warmup": 10,
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "torch": "2.0"},
+        "candidates": {"conv-d128-L6": {"config": {"batch_size": 128}, "params": 1_234_567, "macs": 98_760_000,
+                                        "img_s": 101.26, "images_in_budget": 729_072, "windows": [100.0]}}}))
+    page = render(data)
+    assert "## Training speed of the CPU record's candidates" in page
+    assert "| `conv-d128-L6` | 128 | 1.23 | 98.8 | 101.3 | 729,072 | 14.6 |" in page
+    assert "a 2-hour run sees" in page and "### `cpu_record_speed`" not in page  # not taken for an experiment
