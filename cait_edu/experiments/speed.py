@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<16} {res['params'] / 1e6:5.2f}M params {res['macs'] / 1e6:7.1f} MMACs  {res['img_s']:7.1f} img/s"
               f"  -> {res['images_in_budget'] / 50_000:5.1f} CIFAR-10 epochs in {BUDGET_S / 3600:g} h", flush=True)
     _write_json(Path(args.out), {
-        "command": "python -m cait_edu.experiments.speed " + " ".join(shlex.quote(a) for a in argv),
+        "command": " ".join(["python -m cait_edu.experiments.speed"] + [shlex.quote(a) for a in argv]),
         "git_commit": git_commit(), "machine": machine_info(), "budget_s": BUDGET_S,
         "steps": args.steps, "warmup": args.warmup, "candidates": results})
     print(f"written {args.out}")
