@@ -228,11 +228,12 @@ def run_experiment(exp: Experiment, *, quick: bool = False, seeds: int | None = 
 
     ``results_dir`` defaults to the repository's ``data/results`` (quick runs write
     ``<name>.quick.json``), ``runs_dir`` to ``runs/experiments`` (checkpoints, git-ignored).
-    ``max_runs`` stops after that many runs (to fit a session); ``only`` (shell-style patterns
-    on run ids, e.g. ``"*-s1"``) trains just the matching runs now, those matching the first
-    pattern first, to order a sweep that spans sessions -- the plan, and so the result file's ``complete``, stay the whole experiment. A run already in the file whose
-    config no longer matches the experiment's definition is run again, as is a run in
-    ``exp.keep_weights`` whose weights file is missing; kept weights go to ``results_dir/../trained``.
+    ``max_runs`` stops after that many runs (to fit a session). ``only`` (shell-style patterns on
+    run ids, e.g. ``"*-s1"``) trains just the matching runs now, those matching the first pattern
+    first, to order a sweep that spans sessions; the plan, and so the file's ``complete``, stay the
+    whole experiment. A run already in the file whose config no longer matches the experiment's
+    definition is run again, as is a run in ``exp.keep_weights`` whose weights file is missing;
+    kept weights go to ``results_dir/../trained``.
 
     Several processes may run the same experiment at once (one per core: small models use cores
     far better side by side than as threads of one run). Each run is claimed with a lock held while
