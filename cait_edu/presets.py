@@ -40,7 +40,8 @@ they have no preset.
 CIFAR-10 presets (ours, for a CPU or a small GPU)
 --------------------------------------------------
 See the docstrings in :data:`PRESETS` (``cifar10_deit_tiny``,
-``cifar10_cait_tiny``, ``cifar10_tiny``).
+``cifar10_cait_tiny``, ``cifar10_tiny``, and the two 2-hour CPU records
+``cifar10_cpu_record`` and ``cifar10_cpu_record_conv``).
 """
 from __future__ import annotations
 
@@ -194,6 +195,31 @@ def _build() -> dict[str, Preset]:
              lr=2e-3, warmup_epochs=1, label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
              mixup_prob=0.0, drop_path_rate=0.0, num_workers=0, eval_every=1, log_every=8, threads=1),
     )
+    record = dict(
+        cifar, model="cait_cifar_tiny", lr=2e-3, warmup_epochs=1, label_smoothing=0.1, mixup_alpha=0.0,
+        cutmix_alpha=0.0, mixup_prob=0.0, drop_path_rate=0.0, num_workers=0, threads=2, eval_every=2,
+        eval_hflip=True, log_every=50, save_every_steps=390)
+    record_doc = (
+        "CIFAR-10 time-to-accuracy record on a 2-core CPU: the highest test top-1 in 2 hours of wall time, "
+        "data loading and evaluation included. CaiT with LayerScale, talking heads and 2 class-attention "
+        "layers, width 128, 6 SA layers, 4 heads, patch 4, {stem}. The schedule is a fixed step count "
+        "sized to end inside 2 hours: {epochs} epochs of 390 steps of 128 ({steps} steps), so the cosine "
+        "lr has reached its minimum when time is up. It was sized from the measured training speed of this "
+        "model on the book's 2-core Intel Xeon ({speed} img/s, data/results/cpu_record_speed.json) plus "
+        "an evaluation every 2 epochs on the full 10k test set with flip averaging (eval_hflip). A slower "
+        "machine needs fewer epochs (--set epochs=N). Recipe for a short run: AdamW lr 2e-3 at batch 128, "
+        "1 warmup epoch, cosine to 1e-5, weight decay 0.05, label smoothing 0.1, crop + flip only (no "
+        "Mixup/CutMix, RandAugment or drop-path: each slowed the book's short runs, data/results/"
+        "training_recipe.json), 2 threads in one process, no loader workers.")
+    presets["cifar10_cpu_record"] = Preset(
+        "cifar10_cpu_record",
+        record_doc.format(stem="linear patch embedding (as in the paper)", epochs=34, steps=34 * 390, speed=265.5),
+        dict(record, epochs=34, model_kwargs=dict(dim=128, depth=6, num_heads=4, stem="linear")))
+    presets["cifar10_cpu_record_conv"] = Preset(
+        "cifar10_cpu_record_conv",
+        record_doc.format(stem="a small convolutional tokenizer (stem='conv', Xiao et al. 2021) in place of the "
+                               "linear patch embedding", epochs=30, steps=30 * 390, speed=231.9),
+        dict(record, epochs=30, model_kwargs=dict(dim=128, depth=6, num_heads=4, stem="conv")))
     return presets
 
 
