@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..training.config import DivergenceError, config_from_dict, make_config
-from ..training.loop import train
+from ..training.run import train
 from ..training.metrics import finite_or_none
 from ..training.validate import validate_config
 from .trained import save_trained, trained_path

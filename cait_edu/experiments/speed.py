@@ -24,7 +24,7 @@ from pathlib import Path
 from ..measure import count_macs, count_params
 from ..registry import create_model
 from ..training.config import make_config, model_overrides
-from ..training.loop import train
+from ..training.run import train
 from ..training.validate import validate_config
 from .common import SHORT_CIFAR
 from .runner import REPO, _write_json, git_commit, machine_info

@@ -13,7 +13,8 @@
 ``finetune``       starting from trained weights: position embeddings resized, head kept or reset
 ``distill``        DeiT's hard-label distillation on the class token, and the teacher
 ``evaluate``       loss / top-1 / top-5 on a validation set, sharded over ranks
-``loop``           :class:`Trainer` and :func:`train`: the loop itself
+``loop``           :class:`Trainer`: the loop itself
+``run``            :func:`train`: a config in, a finished (or resumed) run out
 ``cli``            ``python -m cait_edu.train``
 =================  ===================================================================
 
@@ -27,7 +28,8 @@ from .distill import hard_distillation_loss
 from .ema import ModelEma
 from .evaluate import evaluate
 from .hardware import choose_amp, resolve_amp
-from .loop import Trainer, build_datasets, train
+from .loop import Trainer, build_datasets
+from .run import train
 from .optim import lr_at_step, param_groups, soft_target_cross_entropy
 from .validate import validate_config
 

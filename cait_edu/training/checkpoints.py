@@ -57,7 +57,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`~cait_edu.training.loop.train` (``weights_only``: no code
+    """Load a checkpoint written by :func:`~cait_edu.training.run.train` (``weights_only``: no code
     is unpickled)."""
     return torch.load(path, map_location=map_location, weights_only=True)
 

@@ -1,4 +1,4 @@
-"""``python -m cait_edu.train``: the command line over :func:`~cait_edu.training.loop.train`.
+"""``python -m cait_edu.train``: the command line over :func:`~cait_edu.training.run.train`.
 
 Exit codes: 0 done, 2 a configuration or data problem (one line on stderr, no traceback),
 1 the run diverged (its last good checkpoint is kept).
@@ -17,7 +17,7 @@ from pathlib import Path
 from ..presets import PRESETS
 from .config import (ConfigError, DivergenceError, TrainConfig, config_from_dict, field_docs, make_config,
                      parse_set, replace_checked, type_name)
-from .loop import train
+from .run import train
 
 __all__ = ["main", "presets_table", "build_parser"]
 

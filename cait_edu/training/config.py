@@ -260,7 +260,7 @@ def make_config(preset: str | None = None, /, **overrides: Any) -> TrainConfig:
 
     Unknown preset names or field names raise :class:`ConfigError` listing the valid ones.
     The values themselves are checked by :func:`~cait_edu.training.validate.validate_config`
-    (called by :func:`~cait_edu.training.loop.train`).
+    (called by :func:`~cait_edu.training.run.train`).
     """
     values: dict[str, Any] = {}
     if preset is not None:

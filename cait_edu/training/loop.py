@@ -1,4 +1,4 @@
-"""The training loop: :func:`train` and the :class:`Trainer` it drives.
+"""The training loop: the :class:`Trainer` that :func:`~cait_edu.training.run.train` drives.
 
 What a run does, in order (each step raises a clear error before any work when it cannot go on):
 
@@ -32,7 +32,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -41,19 +41,19 @@ from .. import data as D
 from ..registry import create_model
 from .checkpoints import (CHECKPOINT_FORMAT, atomic_torch_save, read_resume_checkpoint, remove_stale_temporaries,
                           write_run_config)
-from .config import ConfigError, DivergenceError, TrainConfig, make_config, model_overrides, replace_checked
+from .config import ConfigError, DivergenceError, TrainConfig, model_overrides
 from .datasets import build_datasets
 from .distill import make_criterion, prepare_teacher
 from .ema import ModelEma
 from .evaluate import evaluate
 from .finetune import open_finetune_source
-from .hardware import Dist, adamw_options, autocast, choose_amp, device_type, setup_distributed, tf32_matmuls
+from .hardware import Dist, adamw_options, autocast, choose_amp, device_type, setup_distributed
 from .metrics import MetricsLog, progress_enabled
 from .optim import lr_at_step, param_groups
 from .seeds import MIX_STREAM, STEP_STREAM, derived_seed
-from .validate import check_resume, validate_config
+from .validate import check_resume
 
-__all__ = ["train", "Trainer", "build_datasets", "progress_enabled"]
+__all__ = ["Trainer", "build_datasets", "progress_enabled"]
 
 
 class Trainer:
@@ -374,41 +374,3 @@ class Trainer:
                  f"{result.get('val_top1', float('nan')):.2f}% (best {self.best_top1:.2f}% at epoch {self.best_epoch}); "
                  f"files in {self.out}")
         return result
-
-
-def train(config: TrainConfig | str, *, resume: bool = False, allow_world_size_change: bool = False,
-          extra_metrics: Callable[[nn.Module], dict] | None = None, **overrides: Any) -> dict:
-    """Train (or, with ``resume=True``, continue) a run; return its final metrics.
-
-    ``config`` is a :class:`~cait_edu.training.config.TrainConfig` or a preset name; ``overrides``
-    replace fields (``train("cifar10_tiny", out="runs/t", epochs=3)``). Raises :class:`ConfigError`
-    for a bad config, ``FileNotFoundError`` for missing data (both before any training work) and
-    :class:`DivergenceError` on a non-finite loss or gradient. ``allow_world_size_change`` lets a
-    run continue on another number of processes (see :func:`~cait_edu.training.validate.check_resume`).
-    ``extra_metrics(model)`` is called with the live model (under ``no_grad``) at every evaluation;
-    the JSON-able dict it returns joins that evaluation's line in ``metrics.jsonl`` (e.g. the
-    LayerScale gammas per layer, for a chapter to plot).
-
-    Returns a dict with ``step``, ``epoch``, ``train_loss`` (last step), ``val_loss``,
-    ``val_top1``, ``val_top5`` (percent, on the final weights), ``best_top1``, ``best_epoch``,
-    ``wall_time_s`` (this call), ``elapsed_s`` (the whole run, summed over resumed pieces), ``out``,
-    ``data_source``, ``num_train``, ``num_val``, ``world_size``. Every evaluation line of
-    ``metrics.jsonl`` carries ``elapsed_s`` too (accuracy against wall time).
-    """
-    if isinstance(config, str):
-        config = make_config(config, **overrides)
-    elif overrides:
-        config = replace_checked(config, overrides)
-    cfg = validate_config(config)
-    trainer = Trainer(cfg, resume=resume, allow_world_size_change=allow_world_size_change,
-                      extra_metrics=extra_metrics)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        with tf32_matmuls(device_type(cfg.device) == "cuda"):
-            trainer.setup()
-            return trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
-        trainer.dd.close()
