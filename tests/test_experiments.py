@@ -323,7 +323,7 @@ def test_speed_measures_a_candidate_through_the_training_loop(tmp_path, monkeypa
 
     data = write_fake_cifar(tmp_path / "d", n_train=16 * 15, n_test=256)
     tiny = dict(model="cait_cifar_nano", batch_size=16, model_kwargs=dict(dim=32, depth=2, num_heads=2))
-    monkeypatch.setattr(speed, "CANDIDATES", {"tiny": tiny})
+    monkeypatch.setattr(speed, "CANDIDATES", {"tiny": tiny, "tiny-b8": {**tiny, "batch_size": 8}})
     out = tmp_path / "speed.json"
     args = ["--only", "tiny", "--steps", "10", "--warmup", "5", "--data", str(data), "--out", str(out)]
     assert speed.main(args) == 0
@@ -333,6 +333,11 @@ def test_speed_measures_a_candidate_through_the_training_loop(tmp_path, monkeypa
     assert len(got["windows"]) == 2 and got["img_s"] in got["windows"]  # steps 10 and 15 logged after step 5
     assert got["images_in_budget"] == int(got["img_s"] * speed.BUDGET_S)
     assert res["command"].startswith("python -m cait_edu.experiments.speed --only tiny") and res["machine"]["cores"]
+    assert got["machine"] == res["machine"]["cpu"]
+    # a later --only measures its candidates and keeps the ones measured before
+    assert speed.main(["--only", "tiny-b8", "--steps", "10", "--warmup", "5", "--data", str(data), "--out", str(out)]) == 0
+    both = json.loads(out.read_text())["candidates"]
+    assert both["tiny"] == got and both["tiny-b8"]["config"]["batch_size"] == 8
     assert speed.main(["--only", "huge", "--out", str(tmp_path / "no.json")]) == 2
     assert not (tmp_path / "no.json").exists()
 

@@ -9,14 +9,25 @@ about 7 MB each) for the chapter that draws class-attention maps.
 
 Run it on an otherwise idle machine (other load slows it and inflates the wall time), one record
 per command: ``python -m cait_edu.experiments cpu_record --seeds 1 --only conv-s0``.
+
+``cpu_record_search`` is the search behind the records' settings, at a proxy budget of
+:data:`SEARCH_BUDGET_S` of the same machine: each run changes one lever of the conv record's recipe
+and trains as many whole epochs as fit that budget at the speed measured for its model
+(``data/results/cpu_record_speed.json``), so levers that change the speed (the model's size, the
+stem) are compared at (nearly) equal wall time; the result file records each run's actual wall time.
+Levers that change only the speed (threads, ``torch.compile``, batch size) are measured by
+:mod:`.speed`; test-time flip averaging by evaluating the record's final weights with and without it.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..presets import get_preset
 from .common import quick_config
-from .runner import Experiment, RunSpec
+from .runner import REPO, Experiment, RunSpec
 
-__all__ = ["CPU_RECORD", "RECORD_PRESETS"]
+__all__ = ["CPU_RECORD", "CPU_RECORD_SEARCH", "RECORD_PRESETS", "SEARCH_LEVERS", "SEARCH_BUDGET_S", "epochs_in"]
 
 RECORD_PRESETS = {"conv": "cifar10_cpu_record_conv", "linear": "cifar10_cpu_record"}
 """Run id prefix -> the preset it trains."""
@@ -36,3 +47,60 @@ def _record_runs(quick: bool, seeds: int) -> list[RunSpec]:
 CPU_RECORD = Experiment(
     "cpu_record", "CIFAR-10 in 2 hours on a 2-core CPU: CaiT with a conv tokenizer and with the paper's linear one",
     _record_runs, extra_metrics=None, default_seeds=1, keep_weights=("conv-s0", "linear-s0"))
+
+
+SEARCH_BUDGET_S = 1200
+"""Wall-time budget of one search run: 20 minutes, a sixth of a record."""
+EVAL_SHARE = 0.05
+"""Share of a run's time that its evaluations take: one every 2 epochs, on the 10k test images and
+their mirror images (about 20 s against about 2 x 215 s of training for the conv record's model)."""
+
+_CONV = get_preset(RECORD_PRESETS["conv"]).fields
+SEARCH_LEVERS: dict[str, dict] = {
+    "base": {},
+    "linear stem": {"model_kwargs": {"stem": "linear"}},
+    "width 192": {"model_kwargs": {"dim": 192, "num_heads": 6}},
+    "12 SA layers": {"model_kwargs": {"depth": 12}},
+    "lr 1e-3": {"lr": 1e-3},
+    "lr 4e-3": {"lr": 4e-3},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "EMA 0.998": {"ema": True, "eval_ema": True, "ema_decay": 0.998},
+    "drop-path 0.1": {"drop_path_rate": 0.1},
+    "warmup 0.25 epoch": {"warmup_epochs": 0.25},
+}
+"""label -> what changes from the conv record's recipe (``model_kwargs`` merges)."""
+
+
+def epochs_in(budget_s: float, model_kwargs: dict, batch_size: int, speeds: dict | None = None) -> int:
+    """The number of whole CIFAR-10 epochs (at least 1) nearest to what fits ``budget_s`` of wall time at
+    the measured training speed of that model (``cpu_record_speed.json``), less :data:`EVAL_SHARE` for
+    evaluation. Rounding makes a run up to half an epoch longer or shorter than the budget."""
+    if speeds is None:
+        speeds = json.loads(Path(REPO / "data" / "results" / "cpu_record_speed.json").read_text())["candidates"]
+    for cand in speeds.values():
+        if cand["config"]["model_kwargs"] == model_kwargs and cand["config"]["batch_size"] == batch_size:
+            return max(1, round(budget_s * (1 - EVAL_SHARE) * cand["img_s"] / 50_000))
+    raise ValueError(f"no measured speed for {model_kwargs} at batch {batch_size}: measure it first "
+                     f"(python -m cait_edu.experiments.speed)")
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
+def _search_runs(quick: bool, seeds: int) -> list[RunSpec]:
+    runs = []
+    for seed in range(seeds):
+        for label, change in SEARCH_LEVERS.items():
+            kwargs = {**_CONV["model_kwargs"], **change.get("model_kwargs", {})}
+            config = {**_CONV, **{k: v for k, v in change.items() if k != "model_kwargs"}, "model_kwargs": kwargs,
+                      "seed": seed, "epochs": epochs_in(SEARCH_BUDGET_S, kwargs, _CONV["batch_size"])}
+            if quick:
+                config = {**quick_config(config), "eval_every": 1}
+            runs.append(RunSpec(f"{_slug(label)}-s{seed}", config, {"lever": label, "seed": seed}))
+    return runs
+
+
+CPU_RECORD_SEARCH = Experiment(
+    "cpu_record_search", f"levers of the CPU record, one at a time, {SEARCH_BUDGET_S // 60} minutes each",
+    _search_runs, extra_metrics=None, default_seeds=1)

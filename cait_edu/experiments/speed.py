@@ -3,13 +3,14 @@ real training loop (data loading and augmentation included) -- the first step of
 record: images/s x the time budget = the images a run can see.
 
     python -m cait_edu.experiments.speed                       # every candidate below
-    python -m cait_edu.experiments.speed --only plain-d128-L6,conv-d128-L6 --steps 60
+    python -m cait_edu.experiments.speed --only linear-d128-L6,conv-d128-L6 --steps 60
 
 Each candidate trains ``warmup + steps`` steps of its config (from scratch, on a fixed subset just
 large enough) with one evaluation on 256 test images at the end; its speed is the median of the
 training-throughput windows the engine logs after the warm-up (evaluation time excluded). Run it
 on an otherwise idle machine: other load lowers every figure. Results go to
-``data/results/cpu_record_speed.json`` with the machine, the commit and the command.
+``data/results/cpu_record_speed.json`` with the machine, the commit and the command; candidates
+measured earlier and not named by ``--only`` stay in the file (each records its own CPU and date).
 """
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ CANDIDATES: dict[str, dict] = {
     for stem in ("linear", "conv")
     for dim, depth, batch in ((128, 6, 128), (128, 12, 128), (192, 6, 128), (192, 9, 128), (256, 6, 128))
 }
+# Levers that change only the speed, on the conv record's model: batch size, one thread, torch.compile.
+_RECORD = CANDIDATES["conv-d128-L6"]
+CANDIDATES.update({
+    "conv-d128-L6-b64": {**_RECORD, "batch_size": 64},
+    "conv-d128-L6-b256": {**_RECORD, "batch_size": 256},
+    "conv-d128-L6-1thread": {**_RECORD, "threads": 1},
+    "conv-d128-L6-compile": {**_RECORD, "compile": True},
+})
 
 
 def measure_speed(config: dict, *, steps: int = 40, warmup: int = 10, data_dir: str | None = None,
@@ -84,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         res = measure_speed(CANDIDATES[name], steps=args.steps, warmup=args.warmup, data_dir=args.data)
         res.update(config=CANDIDATES[name], images_in_budget=int(res["img_s"] * BUDGET_S),
-                   measured_in_s=round(time.time() - start, 1))
+                   measured_in_s=round(time.time() - start, 1), machine=machine_info()["cpu"],
+                   measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         results[name] = res
         print(f"{name:<16} {res['params'] / 1e6:5.2f}M params {res['macs'] / 1e6:7.1f} MMACs  {res['img_s']:7.1f} img/s"
               f"  -> {res['images_in_budget'] / 50_000:5.1f} CIFAR-10 epochs in {BUDGET_S / 3600:g} h", flush=True)
-    _write_json(Path(args.out), {
+    out = Path(args.out)
+    # Candidates measured before (e.g. by an earlier --only) stay; each one records its own machine.
+    kept = json.loads(out.read_text()).get("candidates", {}) if out.is_file() else {}
+    _write_json(out, {
         "command": " ".join(["python -m cait_edu.experiments.speed"] + [shlex.quote(a) for a in argv]),
         "git_commit": git_commit(), "machine": machine_info(), "budget_s": BUDGET_S,
-        "steps": args.steps, "warmup": args.warmup, "candidates": results})
+        "steps": args.steps, "warmup": args.warmup,
+        "candidates": {**{k: v for k, v in kept.items() if k not in results}, **results}})
     print(f"written {args.out}")
     return 0
 
