@@ -42,9 +42,12 @@ CANDIDATES: dict[str, dict] = {
     for stem in ("linear", "conv")
     for dim, depth, batch in ((128, 6, 128), (128, 12, 128), (192, 6, 128), (192, 9, 128), (256, 6, 128))
 }
-# Levers that change only the speed, on the conv record's model: batch size, one thread, torch.compile.
+# Levers that change only the speed, on the conv record's model: batch size, one thread, torch.compile;
+# "-base" is the unchanged model again, to be measured in the same command as the levers (the speed of
+# one model can differ by 10% or more between sessions on CPUs of the same name).
 _RECORD = CANDIDATES["conv-d128-L6"]
 CANDIDATES.update({
+    "conv-d128-L6-base": dict(_RECORD),
     "conv-d128-L6-b64": {**_RECORD, "batch_size": 64},
     "conv-d128-L6-b256": {**_RECORD, "batch_size": 256},
     "conv-d128-L6-1thread": {**_RECORD, "threads": 1},
