@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..presets import get_preset
 from .common import quick_config
+from .recipe import _slug
 from .runner import REPO, Experiment, RunSpec
 
 __all__ = ["CPU_RECORD", "CPU_RECORD_SEARCH", "RECORD_PRESETS", "SEARCH_LEVERS", "SEARCH_BUDGET_S", "epochs_in"]
@@ -82,10 +83,6 @@ def epochs_in(budget_s: float, model_kwargs: dict, batch_size: int, speeds: dict
             return max(1, round(budget_s * (1 - EVAL_SHARE) * cand["img_s"] / 50_000))
     raise ValueError(f"no measured speed for {model_kwargs} at batch {batch_size}: measure it first "
                      f"(python -m cait_edu.experiments.speed)")
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
 def _search_runs(quick: bool, seeds: int) -> list[RunSpec]:
