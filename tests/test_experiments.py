@@ -373,3 +373,23 @@ def test_record_presets_fit_two_hours_at_the_measured_speed_and_keep_cait():
         assert sum(isinstance(m, ClassAttentionBlock) for m in model.modules()) == 2
         gammas = [n for n, _ in model.named_parameters() if n.endswith("gamma_1")]
         assert len(gammas) == kw["depth"] + 2  # LayerScale on every SA and CA block
+
+
+def test_search_epochs_prefer_the_speed_a_record_run_sustained():
+    """A search run's epochs come from the median speed a finished record run of the same model sustained,
+    else from the speed table; a model measured nowhere is refused with the command that measures it."""
+    from cait_edu.experiments.record import epochs_in, sustained_speed
+
+    kw = {"dim": 128, "depth": 6, "num_heads": 4, "stem": "conv"}
+    table = {"conv-d128-L6": {"config": {"model": "cait_cifar_tiny", "batch_size": 128, "model_kwargs": kw},
+                              "img_s": 300.0}}
+    run = {"status": "ok", "config": {"model": "cait_cifar_tiny", "batch_size": 128, "model_kwargs": kw},
+           "curves": {"throughput_img_s": [250.0, 100.0, 200.0, 210.0, 190.0]}}
+    assert sustained_speed(kw, 128, {"conv-s0": run}) == 200.0  # the median window
+    assert sustained_speed(kw, 64, {"conv-s0": run}) is None  # another batch size: not the same speed
+    assert sustained_speed(kw, 128, {"conv-s0": {**run, "status": "diverged"}}) is None
+    assert epochs_in(1000, kw, 128, table, {"conv-s0": run}) == round(1000 * 0.95 * 200 / 50_000)  # 4
+    assert epochs_in(1000, kw, 128, table, {}) == round(1000 * 0.95 * 300 / 50_000)  # 6: the table's burst
+    assert epochs_in(10, kw, 128, table, {}) == 1  # at least one epoch
+    with pytest.raises(ValueError, match="python -m cait_edu.experiments.speed"):
+        epochs_in(1000, {**kw, "dim": 96}, 128, table, {})
