@@ -393,3 +393,18 @@ def test_search_epochs_prefer_the_speed_a_record_run_sustained():
     assert epochs_in(10, kw, 128, table, {}) == 1  # at least one epoch
     with pytest.raises(ValueError, match="python -m cait_edu.experiments.speed"):
         epochs_in(1000, {**kw, "dim": 96}, 128, table, {})
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_search_runs_every_lever_per_seed_and_the_base_once_more(seeds):
+    """The lever search trains each lever at every seed and the unchanged recipe at one seed more, so
+    that the file holds two runs that differ only in the seed; the extra run is the base recipe's."""
+    from cait_edu.experiments.record import CPU_RECORD_SEARCH, SEARCH_LEVERS
+
+    runs = CPU_RECORD_SEARCH.runs(False, seeds)
+    assert len(runs) == seeds * len(SEARCH_LEVERS) + 1
+    extra = runs[-1]
+    assert extra.id == f"base-s{seeds}" and extra.labels == {"lever": "base", "seed": seeds}
+    assert extra.config["seed"] == seeds
+    base = next(r for r in runs if r.id == "base-s0")
+    assert {k: v for k, v in extra.config.items() if k != "seed"} == {k: v for k, v in base.config.items() if k != "seed"}

@@ -16,6 +16,8 @@ and trains as many whole epochs as fit that budget at its model's training speed
 record run of that model sustained, else the speed script's measurement,
 ``data/results/cpu_record_speed.json``), so levers that change the speed (the model's size, the
 stem) are compared at (nearly) equal wall time; the result file records each run's actual wall time.
+The base recipe runs with one seed more than the levers, to show how far two seeds of the same
+recipe land apart.
 Levers that change only the speed (threads, ``torch.compile``, batch size) are measured by
 :mod:`.speed`; test-time flip averaging by evaluating the record's final weights with and without it.
 """
@@ -113,9 +115,13 @@ def epochs_in(budget_s: float, model_kwargs: dict, batch_size: int, speeds: dict
 
 
 def _search_runs(quick: bool, seeds: int) -> list[RunSpec]:
+    """Every lever at ``seeds`` seeds, and the base recipe at one seed more: one run per lever cannot
+    say how much of a difference is the seed, the base's extra run can."""
     runs = []
-    for seed in range(seeds):
+    for seed in range(seeds + 1):
         for label, change in SEARCH_LEVERS.items():
+            if seed == seeds and label != "base":
+                continue
             kwargs = {**_CONV["model_kwargs"], **change.get("model_kwargs", {})}
             config = {**_CONV, **{k: v for k, v in change.items() if k != "model_kwargs"}, "model_kwargs": kwargs,
                       "seed": seed, "epochs": epochs_in(SEARCH_BUDGET_S, kwargs, _CONV["batch_size"])}
