@@ -408,3 +408,21 @@ def test_search_runs_every_lever_per_seed_and_the_base_once_more(seeds):
     assert extra.config["seed"] == seeds
     base = next(r for r in runs if r.id == "base-s0")
     assert {k: v for k, v in extra.config.items() if k != "seed"} == {k: v for k, v in base.config.items() if k != "seed"}
+
+
+def test_search_proxy_shrinks_the_schedule_with_the_run():
+    """A proxy run keeps the record's schedule shape: warmup takes the same share of the run (1 of 30
+    epochs), the EMA averages over the same share of the steps, and only the base runs keep an EMA."""
+    from cait_edu.experiments.record import CPU_RECORD_SEARCH, SEARCH_EMA_DECAY, proxy_schedule
+
+    warmup, decay = proxy_schedule(30, 1.0, SEARCH_EMA_DECAY)
+    assert (warmup, decay) == pytest.approx((1.0, SEARCH_EMA_DECAY))  # at full length: unchanged
+    warmup, decay = proxy_schedule(3, 1.0, 0.998)
+    assert warmup == pytest.approx(0.1) and decay == pytest.approx(0.98)  # a tenth of the run: 10x shorter
+    runs = {r.id: r.config for r in CPU_RECORD_SEARCH.runs(False, 1)}
+    for rid, cfg in runs.items():
+        assert cfg["warmup_epochs"] <= cfg["epochs"] / 2, rid  # never a run that is mostly warmup
+        assert cfg.get("ema", False) == rid.startswith("base-"), rid
+    base = runs["base-s0"]
+    assert base["eval_ema"] and base["ema_decay"] == pytest.approx(1 - 0.002 * 30 / base["epochs"])
+    assert runs["warmup-4-epochs-s0"]["warmup_epochs"] == pytest.approx(4 * base["warmup_epochs"])
