@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from ..training.config import DivergenceError, config_from_dict, make_config
+from ..training.config import RESUME_MAY_CHANGE, DivergenceError, config_from_dict, make_config
 from ..training.run import train
 from ..training.metrics import finite_or_none
 from ..training.validate import validate_config
@@ -173,12 +173,20 @@ class _Clock:
 
 def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | None, commit: str, say) -> dict:
     """Train (or continue) one run and summarise it; ``commit`` is the code it ran."""
+    cfg = make_config(**{**spec.config, "out": str(run_dir), "progress": False,
+                         **({"data_dir": data_dir} if data_dir else {})})
+    stale = _stale_changes(run_dir, cfg)
+    if stale:
+        # a half-done (or finished) run of an earlier definition of this run id: it cannot be continued
+        # as this run, and it is not deleted either; it is moved aside and this run starts afresh
+        aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
+        run_dir.rename(aside)
+        say(f"[{exp.name}] {spec.id}: the checkpoint in {run_dir} was trained with another config "
+            f"({', '.join(stale)}); moved to {aside.name}, starting afresh")
     resume = (run_dir / "last.pt").is_file()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to continue
     clock = _Clock(run_dir)
-    cfg = make_config(**{**spec.config, "out": str(run_dir), "progress": False,
-                         **({"data_dir": data_dir} if data_dir else {})})
 
     def measure(model: nn.Module) -> dict:
         clock.save()
@@ -214,6 +222,16 @@ def _train_one(exp: Experiment, spec: RunSpec, run_dir: Path, data_dir: str | No
     say(f"[{exp.name}] {spec.id}: {status}, final top-1 {final if final is None else round(final, 2)}%, "
         f"{record['wall_time_s']:.0f} s")
     return record
+
+
+def _stale_changes(run_dir: Path, cfg) -> list[str]:
+    """The fields (outside those a resume may change) in which the config saved in ``run_dir`` differs
+    from ``cfg``; empty if there is no saved config or it is the same run."""
+    saved = run_dir / "config.json"
+    if not (run_dir / "last.pt").is_file() or not saved.is_file():
+        return []
+    before, now = _portable(config_from_dict(json.loads(saved.read_text()))), _portable(cfg)
+    return [k for k in now if k not in RESUME_MAY_CHANGE and before.get(k) != now[k]]
 
 
 def _config_key(config: dict) -> str:
