@@ -115,6 +115,28 @@ def test_a_changed_definition_reruns_the_run(quick_result, tmp_path, fake_data):
     assert done["runs"][first]["config"]["lr"] == res["runs"][first]["config"]["lr"]
 
 
+def test_a_checkpoint_of_an_earlier_definition_is_moved_aside_not_resumed(quick_result, tmp_path, fake_data):
+    """A run directory whose checkpoint was trained with another config (the run's definition changed
+    since) cannot be continued as this run: the runner moves it aside, keeps it, and starts afresh,
+    ending where an uninterrupted run of the current definition ends."""
+    _, res = quick_result
+    spec = EXP.runs(True, 1)[0]
+    run_dir = tmp_path / "runs" / "layerscale_depth" / spec.id
+    train(make_config(**{**spec.config, "lr": spec.config["lr"] / 2, "out": str(run_dir),
+                         "data_dir": str(fake_data), "max_steps": 2}))
+    said = []
+    done = run_experiment(EXP, quick=True, seeds=1, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                          data_dir=str(fake_data), max_runs=1, only=[spec.id], say=said.append)
+    aside = [p for p in run_dir.parent.iterdir() if p.name.startswith(f"{spec.id}.stale-")]
+    assert len(aside) == 1 and (aside[0] / "last.pt").is_file()  # the earlier run is kept
+    assert any("another config (lr)" in m for m in said)
+    ours, ref = done["runs"][spec.id], res["runs"][spec.id]
+    assert (ours["steps"], ours["final_top1"], ours["final_val_loss"]) == (ref["steps"], ref["final_top1"],
+                                                                          ref["final_val_loss"])
+    # a checkpoint of the same run differs only in what a resume may change: not stale
+    assert runner._stale_changes(run_dir, make_config(**{**spec.config, "out": str(run_dir), "epochs": 3})) == []
+
+
 def test_only_trains_the_matching_runs_in_pattern_order(tmp_path, monkeypatch):
     trained = []
 
