@@ -56,8 +56,8 @@ CPU_RECORD = Experiment(
 SEARCH_BUDGET_S = 400
 """Wall-time budget of one search run on the book's Intel Xeon: 400 s, an eighteenth of a record, which is
 2 epochs of the record's model (1 of a model twice its cost). Sized so that the whole search fits one
-session of an AMD EPYC, which trains this model at about half the Xeon's speed (~125 img/s): a first
-search at 1200 s (6 epochs) took 49 minutes a run there."""
+session of an AMD EPYC, which trains this model at under half the Xeon's speed (100 to 125 img/s): a
+first search at 1200 s (6 epochs) took 49 minutes a run there, this one 13 to 19 (94.5 minutes for all six)."""
 EVAL_SHARE = 0.05
 """Share of a run's time that its evaluations take: one every 2 epochs, on the 10k test images and
 their mirror images. In the conv record (``data/results/cpu_record.json``) evaluation and checkpoint
@@ -75,7 +75,7 @@ SEARCH_LEVERS: dict[str, dict] = {
 record's scale (``warmup_epochs`` of its 30 epochs) and shrunk with the run (:func:`proxy_schedule`).
 
 Not searched, for time: the peak learning rate (2e-3 at batch 128, twice the 100-epoch preset's). A proxy
-run takes about 15 minutes on the AMD EPYC; adding ``"lr 4e-3": {"lr": 4e-3}`` here and re-running the
+run takes about 17 minutes on the AMD EPYC; adding ``"lr 4e-3": {"lr": 4e-3}`` here and re-running the
 command trains just the new run (chapter 5, exercise 7).
 
 Not here, because measured elsewhere: the linear patch embedding against the conv tokenizer (the two
